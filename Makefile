@@ -1,0 +1,37 @@
+# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests.
+# Each creates the virtual environment it needs. torch is pinned to the CPU build first, so
+# nothing later pulls a newer (CUDA, several GB) build.
+
+VENV   ?= .venv
+PYTHON ?= python3
+RECIPE ?= basic
+ARGS   ?=
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+
+# Use a copy of MNIST beside the clone when there is one and none was named (machines with no
+# internet); otherwise the tool uses its cache or downloads.
+ifeq ($(MNIST_CNN_DATA),)
+  ifneq ($(wildcard ../shared/data/mnist/train-images-idx3-ubyte.gz),)
+    export MNIST_CNN_DATA := $(abspath ../shared/data/mnist)
+  endif
+endif
+
+.PHONY: run test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/mnist-cnn train --recipe $(RECIPE) $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,204 @@
+"""The ``mnist-cnn`` command. Only this module prints and chooses exit codes.
+
+Exit status: 0 success; 1 some inputs failed (e.g. a file ``predict`` could not read);
+2 a usage or data error (bad flag, missing data folder, corrupt file); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
+from .errors import MnistCnnError
+
+log = logging.getLogger("mnist_cnn")
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", type=Path, default=None,
+                   help="folder holding the four MNIST files (default: $MNIST_CNN_DATA, else the cache, else download)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="where downloads are kept (default: $MNIST_CNN_CACHE, else ~/.cache/mnist-cnn)")
+    g.add_argument("--no-download", action="store_true", help="never download; fail if no local copy (default: download if needed)")
+    g.add_argument("--no-verify", action="store_true", help="skip the digest check, for other data in MNIST's IDX layout (default: verify)")  # fmt: skip
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to compute (default: auto = cuda, then mps, then cpu)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: 0 = one per available core)")  # fmt: skip
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags keep the recipe's value."""
+    base = RECIPES[DEFAULT_RECIPE].config
+    g = p.add_argument_group("training (each overrides the recipe)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str if f.name == "val_split" else type(getattr(base, f.name))
+        extra = {"choices": sorted(_models())} if f.name == "model" else {}
+        g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                       help=f"{f.metadata['help']} (default: the recipe's; {getattr(base, f.name)} in '{DEFAULT_RECIPE}')", **extra)  # fmt: skip
+
+
+def _models() -> list[str]:
+    from .models import list_models
+
+    return list_models()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate and use CNNs that read handwritten digits.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (default: progress and results)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (default: off)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a recipe, evaluate it on the test set and write the report")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"named configuration (default: {DEFAULT_RECIPE}; see 'mnist-cnn recipes')")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="parent folder of run folders (default: runs)")
+    p.add_argument("--name", default=None, help="run folder name (default: RECIPE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--overwrite", action="store_true", help="reuse an existing run folder of the same name (default: refuse)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+    _add_config_flags(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved model on the test set; rewrite its metrics and report")
+    p.add_argument("run", type=Path, help="run (model) folder")
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+
+    p = sub.add_parser("predict", help="predict the digit in image files (PNG, JPEG, ...)")
+    p.add_argument("run", type=Path, help="run (model) folder")
+    p.add_argument("images", type=Path, nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="one JSON object per file (default: readable lines)")
+    _add_runtime_flags(p)
+
+    p = sub.add_parser("show", help="save a grid of sample digits")
+    p.add_argument("--out", type=Path, default=Path("digits.png"), help="PNG file to write (default: digits.png)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="which set (default: train)")
+    p.add_argument("--count", type=int, default=32, help="how many digits (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="which random sample (default: 0)")
+    _add_data_flags(p)
+
+    sub.add_parser("recipes", help="list the named training recipes")
+    return parser
+
+
+def _load_data(args):
+    from .data import load_mnist
+
+    return load_mnist(args.data_dir, cache_dir=args.cache_dir, download=not args.no_download, verify=not args.no_verify)
+
+
+def cmd_train(args) -> int:
+    from .evaluate import evaluate_run
+    from .train import configure_threads, train_run
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    config = RECIPES[args.recipe].config.replace(**overrides)
+    run_dir = args.runs_dir / (args.name or f"{args.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+        raise MnistCnnError(f"run folder {run_dir} already exists; choose another --name or pass --overwrite")
+    configure_threads(args.threads)
+    data = _load_data(args)
+    result = train_run(config, data, run_dir, recipe=args.recipe, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+    metrics = evaluate_run(run_dir, data, device=args.device)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  (validation {metrics['val_accuracy'] or float('nan'):.4f}, "
+          f"kept epoch {result.fit.best_epoch}, {result.fit.train_seconds:.1f} s of training)")  # fmt: skip
+    print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
+    return 130 if result.fit.interrupted else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+    from .inference import read_config
+    from .train import configure_threads
+
+    read_config(args.run)  # a clear error before the data is loaded
+    configure_threads(args.threads)
+    metrics = evaluate_run(args.run, _load_data(args), device=args.device)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
+          f"({len(metrics['misclassified'])} of {metrics['test_images']} misclassified)")  # fmt: skip
+    print(f"report: {args.run / 'report.html'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from .inference import load_model
+    from .preprocess import load_image
+    from .train import configure_threads
+
+    configure_threads(args.threads)
+    clf = load_model(args.run, device="cpu" if args.device == "auto" else args.device)
+    failures = 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except MnistCnnError as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": str(path), "error": str(exc)}))
+            continue
+        probs = clf.predict_proba(image)[0]
+        label = int(np.argmax(probs))
+        if args.json:
+            print(json.dumps({"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
+                              "probabilities": [round(float(p), 6) for p in probs]}))  # fmt: skip
+        else:
+            print(f"{path}: {clf.labels[label]} (p={probs[label]:.3f})")
+    if failures:
+        print(f"{failures} of {len(args.images)} file(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_show(args) -> int:
+    from .report import sample_grid
+
+    if args.count < 1:
+        raise ValueError("--count must be at least 1")
+    data = _load_data(args)
+    images = getattr(data, f"{args.split}_images").numpy()
+    labels = getattr(data, f"{args.split}_labels").numpy()
+    sample_grid(images, labels, args.out, n=args.count, seed=args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    width = max(map(len, RECIPES))
+    for name, recipe in RECIPES.items():
+        print(f"{name:<{width}}  {recipe.description}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show, "recipes": cmd_recipes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except MnistCnnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:  # invalid settings, e.g. --val-split 70000
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # e.g. cannot write the run folder or output file
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 1

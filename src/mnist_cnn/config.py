@@ -1,0 +1,84 @@
+"""Training configuration and the named recipes.
+
+A recipe is a complete, frozen :class:`TrainConfig`; every field can be overridden on the command
+line (``mnist-cnn train --recipe deep --epochs 5``), and the resolved config is saved with the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = field(default="basic", metadata=_help("architecture from the model registry"))
+    epochs: int = field(default=10, metadata=_help("passes over the training set; more helps until validation stops improving"))
+    batch_size: int = field(default=32, metadata=_help("images per step; larger is faster per epoch on a CPU, but may need a higher learning rate"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate (Keras' default is 1e-3)"))
+    weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay (AdamW) when > 0; the seeds used none"))
+    lr_schedule: str = field(default="constant", metadata=_help("'constant' like the seeds, or 'cosine' decay to zero over the run"))
+    val_split: str = field(default="5000", metadata=_help("validation images held out of the training set: a count, or a fraction such as 0.3"))
+    seed: int = field(default=0, metadata=_help("seeds the split, initialisation and shuffling, so a run can be repeated"))
+    limit: int = field(default=0, metadata=_help("train on only the first N training images (0 = all); for quick runs"))
+    eval_batch_size: int = field(default=1000, metadata=_help("images per forward pass when evaluating; only affects speed and memory"))
+
+    def __post_init__(self):
+        from .data import parse_val_split
+        from .models import list_models
+
+        if self.model not in list_models():
+            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.limit < 0:
+            raise ValueError("lr must be > 0, and weight_decay and limit must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+        parse_val_split(self.val_split)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    config: TrainConfig
+
+
+# The seed projects' settings, each as published.
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("basic", "Conv32-Conv64-Dense128, Adam, 10 epochs, batch 32 (the most common Keras seed)",
+               TrainConfig(model="basic", epochs=10, batch_size=32)),
+        Recipe("dropout", "Conv32-Conv64-Dropout-Dense10, Adam, 10 epochs, batch 32, 30% validation",
+               TrainConfig(model="dropout", epochs=10, batch_size=32, val_split="0.3")),
+        Recipe("three-conv", "Conv32-Conv64-Conv64-Dense64 (TensorFlow tutorial), Adam, 5 epochs, batch 128",
+               TrainConfig(model="three-conv", epochs=5, batch_size=128)),
+        Recipe("deep", "VGG-style conv/BN/pool/dropout network, Adam, 30 epochs, batch 256, cosine decay",
+               TrainConfig(model="deep", epochs=30, batch_size=256, lr_schedule="cosine")),
+    )
+}  # fmt: skip
+
+DEFAULT_RECIPE = "basic"
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None

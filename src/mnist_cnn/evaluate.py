@@ -1,0 +1,114 @@
+"""Test-set evaluation of a saved model: metrics (scikit-learn), ``metrics.json`` and the report.
+
+This is the only place the test set is used, and it is used after training is over: nothing
+here feeds back into choosing epochs, checkpoints or hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+from . import report
+from .data import MNIST
+from .inference import CONFIG, Classifier, load_model, read_config, write_json
+from .models import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    probs: np.ndarray  # (N, 10) class probabilities
+    preds: np.ndarray  # (N,) predicted labels
+    metrics: dict
+
+
+def evaluate(clf: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 1000) -> Evaluation:
+    """Accuracy, loss, per-class precision/recall/F1, confusion matrix and the misclassified indices."""
+    labels = np.asarray(labels)
+    logits = clf.logits(images, batch_size)
+    probs = torch.softmax(logits, 1).numpy()
+    preds = probs.argmax(1)
+    names = clf.labels
+    metrics = {
+        "test_accuracy": float(accuracy_score(labels, preds)),
+        "test_loss": float(F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long)).item()),
+        "test_images": int(len(labels)),
+        "classification_report": classification_report(
+            labels, preds, labels=list(range(len(names))), target_names=names, output_dict=True, zero_division=0
+        ),
+        "confusion_matrix": confusion_matrix(labels, preds, labels=list(range(len(names)))).tolist(),
+        "misclassified": np.flatnonzero(preds != labels).tolist(),
+    }
+    return Evaluation(probs, preds, metrics)
+
+
+def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu", seed: int = 0) -> dict:
+    """Evaluate the model in ``run_dir`` on the test set; write metrics.json, report.html and figures.
+
+    Also records the headline metrics in the folder's config.json, so they travel with the model.
+    """
+    run_dir = Path(run_dir)
+    clf = load_model(run_dir, device=device)
+    test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
+    result = evaluate(clf, test_images, test_labels)
+    config = read_config(run_dir)
+    history = _read_history(run_dir)
+    training = config.get("training", {})
+    best = next((r for r in history if r["epoch"] == training.get("best_epoch")), None)
+    metrics = {
+        "test_accuracy": result.metrics["test_accuracy"],
+        "test_loss": result.metrics["test_loss"],
+        "val_accuracy": best.get("val_accuracy") if best else None,
+        "best_epoch": training.get("best_epoch"),
+        "train_seconds": training.get("train_seconds"),
+    }
+    write_json(run_dir / "metrics.json", {**metrics, **result.metrics})
+    config["metrics"] = metrics
+    write_json(run_dir / CONFIG, config)
+
+    figures_dir = run_dir / "figures"
+    figures_dir.mkdir(exist_ok=True)
+    train_images, train_labels = data.train_images.numpy(), data.train_labels.numpy()
+    figures = [
+        ("Sample training digits", report.sample_grid(train_images, train_labels, figures_dir / "samples.png", seed=seed)),
+        ("Five random test images: actual vs. predicted", report.prediction_grid(test_images, test_labels, result.preds, figures_dir / "predictions.png", seed=seed)),
+        ("Most confident mistakes", report.mistakes_grid(test_images, test_labels, result.probs, figures_dir / "mistakes.png")),
+        ("Confusion matrix", report.confusion(np.array(result.metrics["confusion_matrix"]), clf.labels, figures_dir / "confusion.png")),
+    ]  # fmt: skip
+    if history:
+        figures.insert(1, ("Loss and accuracy per epoch", report.curves(history, figures_dir / "curves.png", training.get("best_epoch"))))
+    summary = {
+        "architecture": f"{config['architecture']} ({count_parameters(clf.model):,} parameters)",
+        "recipe": config.get("recipe") or "-",
+        "epochs completed": training.get("epochs_completed", "-"),
+        "checkpoint kept": f"epoch {training.get('best_epoch')} ({training.get('selection', '-')})",
+        "training time": f"{training.get('train_seconds', 0):.1f} s on {training.get('device', '?')}, {training.get('threads', '?')} threads",
+        "validation accuracy": f"{metrics['val_accuracy']:.4f}" if metrics["val_accuracy"] is not None else "-",
+        "test accuracy": f"{metrics['test_accuracy']:.4f}",
+        "test loss": f"{metrics['test_loss']:.4f}",
+        "test images": f"{len(test_labels):,}",
+    }
+    report.write_html(
+        run_dir / "report.html", f"mnist-cnn report: {run_dir.name}", summary,
+        result.metrics["classification_report"], figures, result.metrics["misclassified"],
+    )  # fmt: skip
+    log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"], metrics["test_loss"], run_dir / "report.html")
+    return {**metrics, **result.metrics}
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+        return history if isinstance(history, list) else []
+    except (OSError, json.JSONDecodeError):
+        return []

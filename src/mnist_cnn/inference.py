@@ -1,0 +1,212 @@
+"""The saved-model folder and the object that predicts with it.
+
+A model folder holds ``model.safetensors`` (the weights, no pickle) and ``config.json`` (the
+architecture and its arguments, input normalisation, label names, metrics and versions), so the
+loader rebuilds the exact network:
+
+>>> import mnist_cnn, numpy as np
+>>> clf = mnist_cnn.load_model("runs/basic")            # doctest: +SKIP
+>>> clf.predict(np.zeros((28, 28), dtype=np.uint8))     # doctest: +SKIP
+array([5])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import ModelFolderError
+from .models import create_model
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+LABELS = [str(d) for d in range(10)]
+# Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
+MNIST_NORMALIZATION = {"mean": 0.1307, "std": 0.3081}
+
+
+def versions() -> dict:
+    return {"mnist_cnn": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps was asked for, but this PyTorch has no MPS backend")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def to_model_input(images, normalization: dict = MNIST_NORMALIZATION) -> torch.Tensor:
+    """Check and convert images to the float tensor a model takes, shaped (N, 1, 28, 28).
+
+    Accepts numpy arrays or tensors shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28): uint8 (or
+    other integers) in 0-255, or floats in 0-1.
+    """
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    shape = tuple(x.shape)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"images must be shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28); got {shape}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"images must be uint8 in 0-255 or float in 0-1; got {x.dtype}")
+    if x.numel() and not x.is_floating_point():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer images must be in 0-255; got values from {lo} to {hi}")
+        x = x.float() / 255.0
+    elif x.numel():
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"float images must be in 0-1; got values from {lo:g} to {hi:g} (divide by 255, or pass uint8)"
+            )
+    else:
+        x = x.float()
+    return (x - normalization["mean"]) / normalization["std"]
+
+
+@torch.inference_mode()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits of ``model`` on normalised inputs, computed in eval mode in batches; on x's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        if len(x) == 0:
+            return torch.empty(0, 10, device=x.device)
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+class Classifier:
+    """A trained model ready to predict: wraps the network and its ``config.json``."""
+
+    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu"):
+        self.device = select_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.config = config
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.get("labels", LABELS)
+
+    @property
+    def normalization(self) -> dict:
+        return self.config.get("normalization", MNIST_NORMALIZATION)
+
+    def logits(self, images, batch_size: int = 1000) -> torch.Tensor:
+        x = to_model_input(images, self.normalization).to(self.device)
+        return batched_logits(self.model, x, batch_size).cpu()
+
+    def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:
+        """Class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
+        return torch.softmax(self.logits(images, batch_size), dim=1).numpy()
+
+    def predict(self, images, batch_size: int = 1000) -> np.ndarray:
+        """Predicted digit per image, shaped (N,)."""
+        return self.logits(images, batch_size).argmax(dim=1).numpy()
+
+    def __repr__(self) -> str:
+        acc = self.config.get("metrics", {}).get("test_accuracy")
+        return f"Classifier({self.config.get('architecture')!r}, test_accuracy={acc})"
+
+
+def save_model(folder: str | os.PathLike, model: nn.Module, config: dict) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (``config`` must name the architecture)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    full = {
+        "format_version": FORMAT_VERSION,
+        "model_kwargs": {},
+        "in_channels": 1,
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+        "normalization": MNIST_NORMALIZATION,
+        "labels": LABELS,
+        "versions": versions(),
+        **config,
+    }
+    save_file(state, folder / WEIGHTS, metadata={"architecture": full["architecture"]})
+    write_json(folder / CONFIG, full)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist (train one with: mnist-cnn train)")
+    path = folder / CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFolderError(f"{folder} is not a model folder: it has no {CONFIG}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise ModelFolderError(f"{path} does not name an architecture")
+    if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ModelFolderError(f"{path} was written by a newer mnist-cnn (format {config['format_version']}); upgrade")
+    return config
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """Load a model folder written by ``mnist-cnn train`` (or :func:`save_model`)."""
+    folder = Path(path)
+    config = read_config(folder)
+    try:
+        model = create_model(
+            config["architecture"],
+            in_channels=config.get("in_channels", 1),
+            num_classes=config.get("num_classes", 10),
+            **config.get("model_kwargs", {}),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ModelFolderError(f"{folder / CONFIG}: {exc}") from None
+    try:
+        state = load_file(folder / WEIGHTS)
+    except FileNotFoundError:
+        raise ModelFolderError(f"{folder} has no {WEIGHTS}") from None
+    except (SafetensorError, OSError) as exc:
+        raise ModelFolderError(f"{folder / WEIGHTS} is damaged: {exc}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[:3]
+        raise ModelFolderError(f"{folder / WEIGHTS} does not fit {config['architecture']!r}: {' '.join(first)}") from None
+    return Classifier(model, config, device)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON through a temporary file, so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,135 @@
+"""Model registry: every architecture is an ``nn.Module(in_channels=1, num_classes=10)`` returning logits.
+
+>>> from mnist_cnn import create_model, list_models
+>>> list_models()
+['basic', 'deep', 'dropout', 'three-conv']
+>>> model = create_model("basic")
+>>> sum(p.numel() for p in model.parameters())
+225034
+
+The first three are the seed projects' Keras models layer for layer ("valid" 3x3 convolutions,
+2x2 max-pooling), so their parameter counts equal the Keras ones. Input is (B, 1, 28, 28).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator that adds a model class (or factory) to the registry under ``name``."""
+
+    def add(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture by name; kwargs go to its constructor."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+    return factory(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@register("basic")
+class Basic(nn.Module):
+    """Conv32-Pool-Conv64-Pool-Dense128-Dense10: the most common seed model (225,034 parameters)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 13, 13)
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 5, 5)
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register("dropout")
+class Dropout(nn.Module):
+    """Conv32-Pool-Conv64-Pool-Dropout0.3-Dense10: the seed without a hidden dense layer (34,826)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 13, 13)
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 5, 5)
+        )  # fmt: skip
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * 5 * 5, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register("three-conv")
+class ThreeConv(nn.Module):
+    """Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10: the TensorFlow-tutorial seed (93,322)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 13, 13)
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 5, 5)
+            nn.Conv2d(64, 64, 3), nn.ReLU(),  # (B, 64, 3, 3)
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    # No conv bias: the batch norm that follows has its own shift.
+    return [nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+@register("deep")
+class Deep(nn.Module):
+    """Two conv-conv-pool-dropout blocks with batch norm, then Dense256-Dropout-Dense10.
+
+    The seed published only "conv/pool/dropout/dense, batch 256, 30 epochs, ~99.7% validation".
+    This is the classic VGG-style MNIST network of that description: pairs of 3x3 "valid"
+    convolutions (32 then 64 channels) with batch norm, each pair followed by 2x2 max-pooling
+    and dropout 0.25, and a 256-unit hidden layer with dropout 0.5. Valid convolutions keep
+    it about 4x the compute of ``basic`` per image, so 30 epochs stay practical on a CPU.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.25, dense_dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn(in_channels, 32), *_conv_bn(32, 32), nn.MaxPool2d(2), nn.Dropout(dropout),  # (B, 32, 12, 12)
+            *_conv_bn(32, 64), *_conv_bn(64, 64), nn.MaxPool2d(2), nn.Dropout(dropout),  # (B, 64, 4, 4)
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dense_dropout),
+            nn.Linear(256, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

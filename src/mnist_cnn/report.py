@@ -1,0 +1,117 @@
+"""Figures (matplotlib, Agg backend) and the self-contained HTML report of a run."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # never needs a display; called before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _digit_grid(images: np.ndarray, titles: list[str], path: Path, cols: int, colors: list[str] | None = None) -> Path:
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(titles[i], fontsize=9, color=colors[i] if colors else "black")
+    return _save(fig, path)
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, path: Path, n: int = 32, seed: int = 0) -> Path:
+    """A grid of ``n`` randomly chosen digits, each titled with its label."""
+    idx = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
+    return _digit_grid(images[idx], [f"label {labels[i]}" for i in idx], path, cols=8)
+
+
+def prediction_grid(images, labels, preds, path: Path, n: int = 5, seed: int = 0) -> Path:
+    """``n`` random test images with actual vs. predicted labels (red where wrong)."""
+    idx = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
+    titles = [f"#{i}\nactual {labels[i]}, pred {preds[i]}" for i in idx]
+    colors = ["green" if labels[i] == preds[i] else "red" for i in idx]
+    return _digit_grid(images[idx], titles, path, cols=len(idx), colors=colors)
+
+
+def mistakes_grid(images, labels, probs, path: Path, n: int = 16) -> Path:
+    """The ``n`` mistakes the model was most sure of, most confident first."""
+    preds = probs.argmax(1)
+    wrong = np.flatnonzero(preds != labels)
+    order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:n]
+    titles = [f"#{i}: {labels[i]} as {preds[i]}\np={probs[i, preds[i]]:.3f}" for i in order]
+    if len(order) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        return _save(fig, path)
+    return _digit_grid(images[order], titles, path, cols=8)
+
+
+def curves(history: list[dict], path: Path, best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch, training and validation."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in history]
+    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label=f"training {name}")
+        if history and f"val_{key}" in history[0]:
+            ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label=f"validation {name}")
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"kept: epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_loss.set_title("Loss")
+    ax_acc.set_title("Accuracy")
+    return _save(fig, path)
+
+
+def confusion(matrix: np.ndarray, labels: list[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=True, values_format="d")
+    ax.set_title("Confusion matrix (test set): rows actual, columns predicted")
+    return _save(fig, path)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_html(path: Path, title: str, summary: dict, class_report: dict, figures: list[tuple[str, Path]], misclassified: list[int]) -> Path:
+    """One HTML file with every figure embedded, so it can be mailed or opened anywhere."""
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    per_class = "".join(
+        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{m[key]:.4f}</td>" for key in ("precision", "recall", "f1-score"))
+        + f"<td>{int(m['support'])}</td></tr>"
+        for name, m in class_report.items() if isinstance(m, dict)
+    )  # fmt: skip
+    figs = "".join(f"<h2>{html.escape(caption)}</h2>{_img(p, caption)}" for caption, p in figures)
+    shown = ", ".join(map(str, misclassified[:200])) + (" ..." if len(misclassified) > 200 else "")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px;text-align:right}}
+th{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table>{rows}</table>
+<h2>Classification report (test set)</h2>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
+{figs}
+<h2>Misclassified test images ({len(misclassified)})</h2><p>Indices into the test set: {shown}</p>
+</body></html>
+"""
+    path.write_text(page)
+    return path

@@ -1,0 +1,214 @@
+"""The training loop and a whole run: split, train, keep the best-on-validation weights, save.
+
+The loop knows nothing about particular architectures: it takes any classifier that returns
+logits. Cross-entropy on integer labels is the same loss as Keras' categorical cross-entropy on
+one-hot labels, so the seeds' numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import MNIST, split_validation
+from .inference import MNIST_NORMALIZATION, batched_logits, save_model, select_device, to_model_input, write_json
+from .models import count_parameters, create_model
+
+log = logging.getLogger(__name__)
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use ``threads`` CPU threads, or by default one per core this process may run on."""
+    if threads is None or threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one row per completed epoch
+    best_epoch: int = 0  # 1-based epoch whose weights were kept (0: none completed)
+    interrupted: bool = False  # stopped by Ctrl-C
+    train_seconds: float = 0.0
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    logits = batched_logits(model, x, batch_size)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
+    if config.weight_decay > 0:
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if config.lr_schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    elif config.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    else:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+    return opt, sched
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    on_epoch: Callable[[FitResult], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on normalised tensors; leave it holding the best-on-validation weights.
+
+    With no validation set the last epoch's weights are kept. Ctrl-C stops after the current
+    step; the best weights so far (or, before the first epoch ends, the current ones) are kept.
+    """
+    x, y = train
+    n = len(x)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    opt, sched = _make_optimizer(model, config, config.epochs * steps_per_epoch)
+    shuffle = torch.Generator().manual_seed(config.seed)  # on the CPU, so shuffling never depends on the device
+    result, best_acc, best_state = FitResult(), -1.0, None
+    start = time.perf_counter()
+    try:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            epoch_start = time.perf_counter()
+            order = torch.randperm(n, generator=shuffle).to(x.device)
+            loss_sum = torch.zeros((), device=x.device)
+            correct = torch.zeros((), dtype=torch.long, device=x.device)
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False, unit="step")
+            for step in bar:
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                logits = model(x[idx])
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.argmax(1) == y[idx]).sum()
+                if step % 50 == 49 or step == steps_per_epoch - 1:
+                    seen = min((step + 1) * config.batch_size, n)
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum.item() / n,
+                "train_accuracy": correct.item() / n,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            if val is not None:
+                row["val_loss"], row["val_accuracy"] = _evaluate(model, *val, config.eval_batch_size)
+                # Ties go to the earlier epoch: the later one has no evidence of being better.
+                if row["val_accuracy"] > best_acc:
+                    best_acc, result.best_epoch = row["val_accuracy"], epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                result.best_epoch = epoch
+            result.history.append(row)
+            log.info(
+                "epoch %d/%d  loss %.4f  acc %.4f%s  (%.1fs)", epoch, config.epochs, row["train_loss"], row["train_accuracy"],
+                f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}" if val is not None else "", row["seconds"],
+            )  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(result)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log.warning("interrupted: keeping the weights of epoch %s", result.best_epoch or "in progress")
+    result.train_seconds = time.perf_counter() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    write_json(run_dir / "history.json", history)
+    if history:
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        tmp = run_dir / ".history.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+        os.replace(tmp, run_dir / "history.csv")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: nn.Module
+    fit: FitResult
+    config: dict  # what was written to config.json
+
+
+def train_run(
+    config: TrainConfig,
+    data: MNIST,
+    run_dir: str | os.PathLike,
+    *,
+    recipe: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> RunResult:
+    """Train one model as ``config`` says and save it, with its history, in ``run_dir``.
+
+    The test set is not touched here: choosing the checkpoint uses the validation split only.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = select_device(device)
+    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.seed)
+    if config.limit > 0:
+        train_idx = train_idx[: config.limit]
+    x_all = to_model_input(data.train_images).to(dev)
+    y_all = data.train_labels.to(dev)
+    train = (x_all[train_idx.to(dev)], y_all[train_idx.to(dev)])
+    val = (x_all[val_idx.to(dev)], y_all[val_idx.to(dev)]) if len(val_idx) else None
+    del x_all
+
+    torch.manual_seed(config.seed)  # initialisation and dropout
+    model = create_model(config.model).to(dev)
+    log.info(
+        "training %s (%s parameters) on %d images, validating on %d, device %s, %d CPU threads",
+        config.model, f"{count_parameters(model):,}", len(train_idx), len(val_idx), dev, torch.get_num_threads(),
+    )  # fmt: skip
+    result = fit(model, train, val, config, progress=progress, on_epoch=lambda r: write_history(run_dir, r.history))
+    write_history(run_dir, result.history)
+
+    meta = {
+        "architecture": config.model,
+        "recipe": recipe,
+        "train_config": config.to_dict(),
+        "training": {
+            "best_epoch": result.best_epoch,
+            "epochs_completed": len(result.history),
+            "interrupted": result.interrupted,
+            "train_seconds": round(result.train_seconds, 2),
+            "train_images": len(train_idx),
+            "val_images": len(val_idx),
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "selection": "best validation accuracy" if val is not None else "last epoch (no validation split)",
+        },
+        "normalization": MNIST_NORMALIZATION,
+        "data": {"source": data.source, "sha256": data.digests},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    save_model(run_dir, model, meta)
+    return RunResult(run_dir, model, result, meta)
