@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import logging
+import math
 import os
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -98,7 +101,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{name}: truncated IDX header (needs {header} bytes for {ndim} dimensions)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         raise DataError(
@@ -108,21 +111,25 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def _read_bytes(path: Path) -> tuple[bytes, bytes]:
-    """Return (bytes on disk, decompressed bytes) of an IDX file that may be gzip-compressed."""
+def _read_bytes(path: Path, name: str | None = None) -> tuple[bytes, bytes]:
+    """Return (bytes on disk, decompressed bytes) of an IDX file that may be gzip-compressed.
+
+    ``name`` is what error messages call the file (default: its path).
+    """
+    name = name or str(path)
     try:
         disk = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if disk[:2] != b"\x1f\x8b":
         return disk, disk
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(disk)) as f:
             content = f.read(_MAX_IDX_BYTES + 1)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: corrupt gzip data ({exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{name}: corrupt gzip data ({exc})") from None
     if len(content) > _MAX_IDX_BYTES:
-        raise DataError(f"{path}: decompresses to more than {_MAX_IDX_BYTES} bytes; not an MNIST file")
+        raise DataError(f"{name}: decompresses to more than {_MAX_IDX_BYTES} bytes; not an MNIST file")
     return disk, content
 
 
@@ -228,7 +235,7 @@ def download_mnist(
                 _fetch_verified(url, target, spec, timeout, opener)
                 log.info("downloaded %s", url)
                 break
-            except (OSError, DataError, ValueError) as exc:
+            except (OSError, DataError, ValueError, http.client.HTTPException) as exc:
                 failures.append(f"  {url}: {exc}")
         else:
             raise DataError(
@@ -251,7 +258,7 @@ def _fetch_verified(url: str, target: Path, spec: FileSpec, timeout: float, open
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        _check_digest(url, *_read_bytes(Path(tmp)), spec)
+        _check_digest(url, *_read_bytes(Path(tmp), url), spec)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -342,6 +349,8 @@ def parse_val_split(value: str | int | float) -> int | float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"validation split must be a count or a fraction, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"validation split must be a count or a fraction, got {value!r}")
     if 0 < number < 1:
         return number
     if number >= 1 and number == int(number):
