@@ -1,0 +1,159 @@
+"""The real ``mnist-cnn`` command, end to end on a tiny budget, and its answers to user mistakes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_idx_folder
+from mnist_cnn.cli import main
+
+
+def cli(*args, env=None):
+    """Run the installed console script the way a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    exe = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def test_train_evaluate_predict_show_end_to_end(tmp_path, mnist_dir, mnist):
+    runs = tmp_path / "runs"
+    r = cli("train", "--epochs", "1", "--limit", "800", "--val-split", "400", "--batch-size", "64",
+            "--runs-dir", runs, "--name", "tiny", "--data-dir", mnist_dir, "--threads", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy 0." in r.stdout and "report:" in r.stdout
+    run = runs / "tiny"
+    assert {"model.safetensors", "config.json", "metrics.json", "report.html", "history.csv"} <= {p.name for p in run.iterdir()}
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train_config"]["limit"] == 800 and saved["train_config"]["batch_size"] == 64
+
+    # The same name again is refused, and nothing is lost.
+    before = (run / "model.safetensors").read_bytes()
+    r = cli("train", "--runs-dir", runs, "--name", "tiny", "--data-dir", mnist_dir)
+    assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    assert (run / "model.safetensors").read_bytes() == before
+
+    r = cli("evaluate", run, "--data-dir", mnist_dir)
+    assert r.returncode == 0, r.stderr
+    assert f"test accuracy {json.loads((run / 'metrics.json').read_text())['test_accuracy']:.4f}" in r.stdout
+
+    r = cli("show", "--out", tmp_path / "grid.png", "--count", "10", "--data-dir", mnist_dir)
+    assert r.returncode == 0 and Image.open(tmp_path / "grid.png").size[0] > 100
+
+
+def _write_digit_files(folder, mnist, indices):
+    """Test digits as users have them: dark ink on white paper, in PNG, JPEG and transparent PNG."""
+    paths = []
+    for i in indices:
+        digit = mnist.test_images[i].numpy()
+        paper = 255 - digit
+        paths.append(folder / f"digit{i}.png")
+        Image.fromarray(paper).save(paths[-1])
+        paths.append(folder / f"digit{i}.jpg")
+        Image.fromarray(paper).convert("RGB").save(paths[-1], quality=95)
+        paths.append(folder / f"digit{i}-alpha.png")
+        rgba = np.zeros((28, 28, 4), np.uint8)
+        rgba[..., 3] = digit  # black ink, transparent background
+        Image.fromarray(rgba, "RGBA").save(paths[-1])
+    return paths
+
+
+def test_predict_reads_image_files_and_reports_bad_ones(tmp_path, trained_run, mnist):
+    result, _ = trained_run
+    from mnist_cnn import load_model
+
+    clf = load_model(result.run_dir)
+    right = [i for i in range(50) if clf.predict(mnist.test_images[i].numpy())[0] == mnist.test_labels[i]][:3]
+    good = _write_digit_files(tmp_path, mnist, right)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("<html>not an image</html>")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.png"
+
+    r = cli("predict", result.run_dir, *good, not_image, empty, missing, "--json")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == len(good) + 3
+    by_file = {line["file"]: line for line in lines}
+    for i in right:
+        expected = int(mnist.test_labels[i])
+        for suffix in (".png", ".jpg", "-alpha.png"):
+            line = by_file[str(tmp_path / f"digit{i}{suffix}")]
+            assert line["label"] == expected, (suffix, line)
+            assert len(line["probabilities"]) == 10 and abs(sum(line["probabilities"]) - 1) < 1e-4
+    assert "not an image" in by_file[str(not_image)]["error"]
+    assert "no such file" in by_file[str(missing)]["error"]
+    assert "3 of" in r.stderr and "could not be read" in r.stderr
+
+    r = cli("predict", result.run_dir, good[0])
+    assert r.returncode == 0 and r.stdout.startswith(f"{good[0]}: {int(mnist.test_labels[right[0]])} (p=")
+
+
+@pytest.mark.parametrize("argv,status,message", [
+    (["train", "--data-dir", "/no/such/folder"], 2, "data folder /no/such/folder does not exist; it should hold train-images-idx3-ubyte"),
+    (["evaluate", "/no/such/run"], 2, "model folder /no/such/run does not exist"),
+    (["train", "--val-split", "70000", "--data-dir", "{data}"], 2, "leaves nothing to train on"),
+    (["train", "--epochs", "0"], 2, "epochs must be at least 1"),
+])  # fmt: skip
+def test_user_errors_exit_with_a_message_not_a_traceback(argv, status, message, capsys, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([a.replace("{data}", str(mnist_dir)) for a in argv]) == status
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_file_and_corrupt_file_are_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = make_idx_folder(tmp_path / "data")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert main(["train", "--data-dir", str(folder)]) == 2
+    assert "lacks t10k-labels-idx1-ubyte" in capsys.readouterr().err
+
+    folder = make_idx_folder(tmp_path / "data2")  # valid IDX, but not MNIST's bytes
+    assert main(["train", "--data-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz: digest mismatch" in err
+    assert "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db" in err
+
+
+def test_no_data_and_no_download_says_how_to_point_at_a_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--no-download", "--cache-dir", str(tmp_path / "empty-cache")]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "MNIST_CNN_DATA" in err
+
+
+@pytest.mark.parametrize("argv,listed", [
+    (["train", "--recipe", "nope"], "basic"),
+    (["train", "--model", "nope"], "three-conv"),
+])  # fmt: skip
+def test_unknown_names_list_the_valid_ones(argv, listed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert listed in capsys.readouterr().err
+
+
+def test_recipes_list(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("basic", "dropout", "three-conv", "deep"):
+        assert name in out
+
+
+def test_every_flag_states_its_default():
+    import argparse
+
+    from mnist_cnn.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                assert "default" in (action.help or ""), f"{command} {action.option_strings[0]}"
