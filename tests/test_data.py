@@ -533,15 +533,7 @@ def _serve_bad(server: Server, kind: str, mnist_dir: Path) -> str:
     return server.mirror(kind)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "truncated",
-        "other-idx",
-        "not-gzip",
-        "garbage-after-gzip-header",
-    ],
-)
+@pytest.mark.parametrize("kind", ["truncated", "other-idx", "not-gzip", "garbage-after-gzip-header"])
 def test_download_skips_a_mirror_with_corrupt_bytes(tmp_path, server, mnist_dir, kind):
     cache = tmp_path / "dl-cache"
     download_mnist(cache, [_serve_bad(server, kind, mnist_dir), server.mirror("good")], timeout=10)
@@ -676,15 +668,7 @@ def test_download_with_everything_cached_opens_nothing(tmp_path, mnist_dir):
     assert calls == []
 
 
-@pytest.mark.parametrize(
-    "corruption",
-    [
-        "not-gzip",
-        "truncated",
-        "other-content",
-        "garbage-after-gzip-header",
-    ],
-)
+@pytest.mark.parametrize("corruption", ["not-gzip", "truncated", "other-content", "garbage-after-gzip-header"])
 def test_download_replaces_a_corrupt_cached_file(tmp_path, server, mnist_dir, corruption):
     cache = tmp_path / "dl-cache"
     cache.mkdir()

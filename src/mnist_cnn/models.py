@@ -50,8 +50,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class _ConvNet(nn.Module):
+    """Convolutional ``features`` then a ``classifier`` head: the shape every model here shares."""
+
+    features: nn.Module
+    classifier: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, 28, 28) -> (B, num_classes)
+        return self.classifier(self.features(x))
+
+
 @register("basic")
-class Basic(nn.Module):
+class Basic(_ConvNet):
     """Conv32-Pool-Conv64-Pool-Dense128-Dense10: the most common seed model (225,034 parameters)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
@@ -64,12 +74,9 @@ class Basic(nn.Module):
             nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, num_classes)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
 
 @register("dropout")
-class Dropout(nn.Module):
+class Dropout(_ConvNet):
     """Conv32-Pool-Conv64-Pool-Dropout0.3-Dense10: the seed without a hidden dense layer (34,826)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.3):
@@ -80,12 +87,9 @@ class Dropout(nn.Module):
         )  # fmt: skip
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * 5 * 5, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
 
 @register("three-conv")
-class ThreeConv(nn.Module):
+class ThreeConv(_ConvNet):
     """Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10: the TensorFlow-tutorial seed (93,322)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
@@ -99,9 +103,6 @@ class ThreeConv(nn.Module):
             nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, num_classes)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     # No conv bias: the batch norm that follows has its own shift.
@@ -109,7 +110,7 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 
 @register("deep")
-class Deep(nn.Module):
+class Deep(_ConvNet):
     """Two conv-conv-pool-dropout blocks with batch norm, then Dense256-Dropout-Dense10.
 
     The seed published only "conv/pool/dropout/dense, batch 256, 30 epochs, ~99.7% validation".
@@ -130,6 +131,3 @@ class Deep(nn.Module):
             nn.Linear(64 * 4 * 4, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dense_dropout),
             nn.Linear(256, num_classes),
         )  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))

@@ -81,7 +81,7 @@ def curves(history: list[dict], path: Path, best_epoch: int | None = None) -> Pa
 def confusion(matrix: np.ndarray, labels: list[str], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 6))
     ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=True, values_format="d")
-    ax.set_title("Confusion matrix (test set): rows actual, columns predicted")
+    ax.set_title("Confusion matrix (test set)")
     return _save(fig, path)
 
 
