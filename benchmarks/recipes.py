@@ -34,7 +34,9 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipes to train (default: all)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="parent of the run folders (default: runs/bench)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), help="parent of the run folders (default: runs/bench)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per core)")
     args = parser.parse_args()

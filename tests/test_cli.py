@@ -26,8 +26,11 @@ def test_train_evaluate_predict_show_end_to_end(tmp_path, mnist_dir, mnist):
             "--runs-dir", runs, "--name", "tiny", "--data-dir", mnist_dir, "--threads", "2")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "test accuracy 0." in r.stdout and "report:" in r.stdout
+    assert "confusion matrix" in r.stdout and "weighted avg" in r.stdout
     run = runs / "tiny"
-    assert {"model.safetensors", "config.json", "metrics.json", "report.html", "history.csv"} <= {p.name for p in run.iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.json", "report.html", "history.csv"} <= {
+        p.name for p in run.iterdir()
+    }
     saved = json.loads((run / "config.json").read_text())
     assert saved["train_config"]["limit"] == 800 and saved["train_config"]["batch_size"] == 64
 
@@ -101,7 +104,9 @@ def test_predict_reads_image_files_and_reports_bad_ones(tmp_path, trained_run, m
     (["train", "--val-split", "70000", "--data-dir", "{data}"], 2, "leaves nothing to train on"),
     (["train", "--epochs", "0"], 2, "epochs must be at least 1"),
 ])  # fmt: skip
-def test_user_errors_exit_with_a_message_not_a_traceback(argv, status, message, capsys, mnist_dir, tmp_path, monkeypatch):
+def test_user_errors_exit_with_a_message_not_a_traceback(
+    argv, status, message, capsys, mnist_dir, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     assert main([a.replace("{data}", str(mnist_dir)) for a in argv]) == status
     err = capsys.readouterr().err
@@ -157,3 +162,35 @@ def test_every_flag_states_its_default():
         for action in parser._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
                 assert "default" in (action.help or ""), f"{command} {action.option_strings[0]}"
+
+
+def test_ctrl_c_stops_cleanly_and_saves_what_was_trained(tmp_path, mnist_dir):
+    import signal
+    import time
+
+    run = tmp_path / "runs" / "stopped"
+    exe = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
+    proc = subprocess.Popen(
+        [exe, "train", "--epochs", "200", "--limit", "2000", "--val-split", "500", "--batch-size", "100",
+         "--runs-dir", str(run.parent), "--name", run.name, "--data-dir", str(mnist_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (run / "history.json").is_file() or not json.loads((run / "history.json").read_text() or "[]"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    config = json.loads((run / "config.json").read_text())
+    assert config["training"]["interrupted"] is True
+    assert 1 <= config["training"]["epochs_completed"] < 200
+    assert config["metrics"]["test_accuracy"] > 0.5  # the saved weights are the trained ones
+    assert (run / "model.safetensors").is_file() and (run / "report.html").is_file()
+    assert "test accuracy" in out
+
+
+def test_python_dash_m_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "mnist_cnn", "recipes"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "three-conv" in r.stdout

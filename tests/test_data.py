@@ -12,16 +12,15 @@ import os
 import shutil
 import socket
 import threading
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_idx_folder
 
 import mnist_cnn.data as data
+from conftest import make_idx_folder
 from mnist_cnn.data import (
     FILES,
     DataError,
@@ -89,7 +88,11 @@ def test_write_idx_is_big_endian_idx(tmp_path):
 
 
 def test_parse_idx_decodes_big_endian_values():
-    raw = b"\x00\x00\x0c\x01" + (3).to_bytes(4, "big") + b"".join(v.to_bytes(4, "big", signed=True) for v in (1, -2, 70000))
+    raw = (
+        b"\x00\x00\x0c\x01"
+        + (3).to_bytes(4, "big")
+        + b"".join(v.to_bytes(4, "big", signed=True) for v in (1, -2, 70000))
+    )
     out = parse_idx(raw)
     assert out.dtype == np.dtype("int32")  # native byte order, usable directly
     assert out.tolist() == [1, -2, 70000]
@@ -618,7 +621,10 @@ def test_download_interrupted_by_opener_leaves_nothing(tmp_path, mnist_dir):
 
     with pytest.raises(DataError, match="connection reset by peer") as info:
         download_mnist(cache, ["http://127.0.0.1:9/a/", "http://127.0.0.1:9/b/"], opener=opener)
-    assert calls == ["http://127.0.0.1:9/a/train-images-idx3-ubyte.gz", "http://127.0.0.1:9/b/train-images-idx3-ubyte.gz"]
+    assert calls == [
+        "http://127.0.0.1:9/a/train-images-idx3-ubyte.gz",
+        "http://127.0.0.1:9/b/train-images-idx3-ubyte.gz",
+    ]
     assert "http://127.0.0.1:9/b/train-images-idx3-ubyte.gz" in str(info.value)
     assert cache_entries(cache) == []
 

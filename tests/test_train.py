@@ -37,7 +37,12 @@ def test_run_folder_holds_model_history_metrics_and_report(trained_run):
     assert config["architecture"] == "basic"
     assert config["train_config"]["limit"] == 6000
     assert config["metrics"]["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert set(config["data"]["sha256"]) == {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}
+    assert set(config["data"]["sha256"]) == {
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    }
     assert config["versions"]["torch"] == torch.__version__
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
@@ -55,7 +60,7 @@ def test_metrics_agree_with_a_hand_computed_confusion_matrix(trained_run, mnist)
     preds = load_model(result.run_dir).predict(mnist.test_images.numpy())
     labels = mnist.test_labels.numpy()
     matrix = np.zeros((10, 10), dtype=int)
-    for actual, predicted in zip(labels, preds):
+    for actual, predicted in zip(labels, preds, strict=True):
         matrix[actual, predicted] += 1
     assert metrics["confusion_matrix"] == matrix.tolist()
     assert metrics["test_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
@@ -66,20 +71,23 @@ def test_metrics_agree_with_a_hand_computed_confusion_matrix(trained_run, mnist)
 
 
 def test_kept_checkpoint_is_the_best_on_validation(mnist):
-    # A learning rate far too high makes validation accuracy jump around, so the best epoch
-    # is not the last one; the model must come back holding that epoch's weights.
+    # A learning rate far too high makes validation accuracy jump around, so the best epoch is
+    # often not the last one; whichever it is, the model must come back holding its weights.
     train, val = _subset(mnist, 0, 1000), _subset(mnist, 50_000, 1000)
-    config = TrainConfig(model="dropout", epochs=6, batch_size=50, lr=0.03, seed=3)
-    torch.manual_seed(3)
-    model = create_model("dropout")
-    result = fit(model, train, val, config, progress=False)
-    accs = [row["val_accuracy"] for row in result.history]
-    assert result.best_epoch == int(np.argmax(accs)) + 1
-    assert result.best_epoch != len(accs), f"this setting should not peak at the last epoch: {accs}"
-    model.eval()
-    with torch.no_grad():
-        kept = (model(val[0]).argmax(1) == val[1]).float().mean().item()
-    assert kept == pytest.approx(max(accs))
+    peaked_early = []
+    for seed in range(4):
+        config = TrainConfig(model="dropout", epochs=6, batch_size=50, lr=0.03, seed=seed)
+        torch.manual_seed(seed)
+        model = create_model("dropout")
+        result = fit(model, train, val, config, progress=False)
+        accs = [row["val_accuracy"] for row in result.history]
+        assert result.best_epoch == int(np.argmax(accs)) + 1  # first of equals: no evidence the later is better
+        model.eval()
+        with torch.no_grad():
+            kept = (model(val[0]).argmax(1) == val[1]).float().mean().item()
+        assert kept == pytest.approx(max(accs))
+        peaked_early.append(result.best_epoch != len(accs))
+    assert any(peaked_early), "no run peaked before its last epoch, so the test showed nothing"
 
 
 def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
@@ -93,7 +101,7 @@ def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
 
     a, _ = run()
     b, _ = run()
-    assert all(torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
     def interrupt(result):
         if len(result.history) == 2:
@@ -105,7 +113,12 @@ def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
 
 
 def test_recipes_hold_the_seeds_settings():
-    expected = {"basic": (10, 32, "5000"), "dropout": (10, 32, "0.3"), "three-conv": (5, 128, "5000"), "deep": (30, 256, "5000")}
+    expected = {
+        "basic": (10, 32, "5000"),
+        "dropout": (10, 32, "0.3"),
+        "three-conv": (5, 128, "5000"),
+        "deep": (30, 256, "5000"),
+    }
     for name, (epochs, batch, val) in expected.items():
         c = RECIPES[name].config
         assert (c.epochs, c.batch_size, c.val_split, c.model) == (epochs, batch, val, name)
@@ -120,3 +133,18 @@ def test_recipes_hold_the_seeds_settings():
 def test_invalid_config_is_refused_with_a_message(change, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**change)
+
+
+def test_text_report_shows_every_class_and_the_matrix(trained_run):
+    from mnist_cnn.evaluate import format_metrics
+
+    _, metrics = trained_run
+    text = format_metrics(metrics)
+    lines = text.splitlines()
+    assert lines[0].split() == ["precision", "recall", "f1-score", "support"]
+    row3 = next(line.split() for line in lines if line.split()[:1] == ["3"])
+    m = metrics["classification_report"]["3"]
+    assert row3 == ["3", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1-score']:.4f}", str(int(m["support"]))]
+    matrix_rows = lines[lines.index("confusion matrix (rows: actual, columns: predicted)") + 2 :]
+    assert [[int(v) for v in row.split()[1:]] for row in matrix_rows] == metrics["confusion_matrix"]
+    assert f"{metrics['test_accuracy']:.4f}" in text

@@ -22,16 +22,31 @@ log = logging.getLogger("mnist_cnn")
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", type=Path, default=None,
-                   help="folder holding the four MNIST files (default: $MNIST_CNN_DATA, else the cache, else download)")
-    g.add_argument("--cache-dir", type=Path, default=None,
-                   help="where downloads are kept (default: $MNIST_CNN_CACHE, else ~/.cache/mnist-cnn)")
-    g.add_argument("--no-download", action="store_true", help="never download; fail if no local copy (default: download if needed)")
+    g.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding the four MNIST files (default: $MNIST_CNN_DATA, else the cache, else download)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where downloads are kept (default: $MNIST_CNN_CACHE, else ~/.cache/mnist-cnn)",
+    )
+    g.add_argument(
+        "--no-download", action="store_true", help="never download; fail if no local copy (default: download if needed)"
+    )
     g.add_argument("--no-verify", action="store_true", help="skip the digest check, for other data in MNIST's IDX layout (default: verify)")  # fmt: skip
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to compute (default: auto = cuda, then mps, then cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to compute (default: auto = cuda, then mps, then cpu)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: 0 = one per available core)")  # fmt: skip
 
 
@@ -53,41 +68,62 @@ def _models() -> list[str]:
     return list_models()
 
 
+def _add_verbosity_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+                   help="more log output (default: progress and results)")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                   help="only warnings and errors (default: off)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-cnn", description="Train, evaluate and use CNNs that read handwritten digits.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (default: progress and results)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (default: off)")
+    parser = argparse.ArgumentParser(
+        prog="mnist-cnn", description="Train, evaluate and use CNNs that read handwritten digits."
+    )
+    _add_verbosity_flags(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity_flags(common, suppress=True)  # after the command they override only when given
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a recipe, evaluate it on the test set and write the report")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"named configuration (default: {DEFAULT_RECIPE}; see 'mnist-cnn recipes')")
+    p = sub.add_parser(
+        "train", parents=[common], help="train a recipe, evaluate it on the test set and write the report"
+    )
+    p.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        choices=list(RECIPES),
+        help=f"named configuration (default: {DEFAULT_RECIPE}; see 'mnist-cnn recipes')",
+    )
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="parent folder of run folders (default: runs)")
     p.add_argument("--name", default=None, help="run folder name (default: RECIPE-YYYYmmdd-HHMMSS)")
-    p.add_argument("--overwrite", action="store_true", help="reuse an existing run folder of the same name (default: refuse)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="reuse an existing run folder of the same name (default: refuse)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     _add_config_flags(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a saved model on the test set; rewrite its metrics and report")
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="evaluate a saved model on the test set; rewrite its metrics and report"
+    )
     p.add_argument("run", type=Path, help="run (model) folder")
     _add_data_flags(p)
     _add_runtime_flags(p)
 
-    p = sub.add_parser("predict", help="predict the digit in image files (PNG, JPEG, ...)")
+    p = sub.add_parser("predict", parents=[common], help="predict the digit in image files (PNG, JPEG, ...)")
     p.add_argument("run", type=Path, help="run (model) folder")
     p.add_argument("images", type=Path, nargs="+", help="image files")
     p.add_argument("--json", action="store_true", help="one JSON object per file (default: readable lines)")
     _add_runtime_flags(p)
 
-    p = sub.add_parser("show", help="save a grid of sample digits")
+    p = sub.add_parser("show", parents=[common], help="save a grid of sample digits")
     p.add_argument("--out", type=Path, default=Path("digits.png"), help="PNG file to write (default: digits.png)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="which set (default: train)")
     p.add_argument("--count", type=int, default=32, help="how many digits (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="which random sample (default: 0)")
     _add_data_flags(p)
 
-    sub.add_parser("recipes", help="list the named training recipes")
+    sub.add_parser("recipes", parents=[common], help="list the named training recipes")
     return parser
 
 
@@ -98,18 +134,28 @@ def _load_data(args):
 
 
 def cmd_train(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, format_metrics
     from .train import configure_threads, train_run
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None
+    }
     config = RECIPES[args.recipe].config.replace(**overrides)
     run_dir = args.runs_dir / (args.name or f"{args.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
         raise MnistCnnError(f"run folder {run_dir} already exists; choose another --name or pass --overwrite")
     configure_threads(args.threads)
     data = _load_data(args)
-    result = train_run(config, data, run_dir, recipe=args.recipe, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+    result = train_run(
+        config,
+        data,
+        run_dir,
+        recipe=args.recipe,
+        device=args.device,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
     metrics = evaluate_run(run_dir, data, device=args.device)
+    print(format_metrics(metrics), end="\n\n")
     print(f"test accuracy {metrics['test_accuracy']:.4f}  (validation {metrics['val_accuracy'] or float('nan'):.4f}, "
           f"kept epoch {result.fit.best_epoch}, {result.fit.train_seconds:.1f} s of training)")  # fmt: skip
     print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
@@ -117,13 +163,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, format_metrics
     from .inference import read_config
     from .train import configure_threads
 
     read_config(args.run)  # a clear error before the data is loaded
     configure_threads(args.threads)
     metrics = evaluate_run(args.run, _load_data(args), device=args.device)
+    print(format_metrics(metrics), end="\n\n")
     print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
           f"({len(metrics['misclassified'])} of {metrics['test_images']} misclassified)")  # fmt: skip
     print(f"report: {args.run / 'report.html'}")
@@ -181,7 +228,13 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show, "recipes": cmd_recipes}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "show": cmd_show,
+    "recipes": cmd_recipes,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -20,15 +19,31 @@ def _help(text: str) -> dict:
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = field(default="basic", metadata=_help("architecture from the model registry"))
-    epochs: int = field(default=10, metadata=_help("passes over the training set; more helps until validation stops improving"))
-    batch_size: int = field(default=32, metadata=_help("images per step; larger is faster per epoch on a CPU, but may need a higher learning rate"))
+    epochs: int = field(
+        default=10, metadata=_help("passes over the training set; more helps until validation stops improving")
+    )
+    batch_size: int = field(
+        default=32,
+        metadata=_help("images per step; larger is faster per epoch on a CPU, but may need a higher learning rate"),
+    )
     lr: float = field(default=1e-3, metadata=_help("Adam learning rate (Keras' default is 1e-3)"))
-    weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay (AdamW) when > 0; the seeds used none"))
-    lr_schedule: str = field(default="constant", metadata=_help("'constant' like the seeds, or 'cosine' decay to zero over the run"))
-    val_split: str = field(default="5000", metadata=_help("validation images held out of the training set: a count, or a fraction such as 0.3"))
-    seed: int = field(default=0, metadata=_help("seeds the split, initialisation and shuffling, so a run can be repeated"))
+    weight_decay: float = field(
+        default=0.0, metadata=_help("decoupled weight decay (AdamW) when > 0; the seeds used none")
+    )
+    lr_schedule: str = field(
+        default="constant", metadata=_help("'constant' like the seeds, or 'cosine' decay to zero over the run")
+    )
+    val_split: str = field(
+        default="5000",
+        metadata=_help("validation images held out of the training set: a count, or a fraction such as 0.3"),
+    )
+    seed: int = field(
+        default=0, metadata=_help("seeds the split, initialisation and shuffling, so a run can be repeated")
+    )
     limit: int = field(default=0, metadata=_help("train on only the first N training images (0 = all); for quick runs"))
-    eval_batch_size: int = field(default=1000, metadata=_help("images per forward pass when evaluating; only affects speed and memory"))
+    eval_batch_size: int = field(
+        default=1000, metadata=_help("images per forward pass when evaluating; only affects speed and memory")
+    )
 
     def __post_init__(self):
         from .data import parse_val_split
@@ -45,7 +60,7 @@ class TrainConfig:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
         parse_val_split(self.val_split)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from . import report
 from .data import MNIST
-from .inference import CONFIG, Classifier, load_model, read_config, write_json
+from .inference import CONFIG, Classifier, load_model, write_json
 from .models import count_parameters
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ class Evaluation:
     metrics: dict
 
 
-def evaluate(clf: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 1000) -> Evaluation:
+def evaluate(
+    clf: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 1000
+) -> Evaluation:
     """Accuracy, loss, per-class precision/recall/F1, confusion matrix and the misclassified indices."""
     labels = np.asarray(labels)
     logits = clf.logits(images, batch_size)
@@ -52,6 +54,22 @@ def evaluate(clf: Classifier, images: torch.Tensor | np.ndarray, labels: torch.T
     return Evaluation(probs, preds, metrics)
 
 
+def format_metrics(metrics: dict) -> str:
+    """The classification report and confusion matrix as text, the way the Keras tutorials print them."""
+    report_rows = metrics["classification_report"]
+    names = [k for k, v in report_rows.items() if isinstance(v, dict) and k not in ("macro avg", "weighted avg")]
+    lines = [f"{'':>12} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"]
+    for name in [*names, "macro avg", "weighted avg"]:
+        m = report_rows[name]
+        lines.append(f"{name:>12} {m['precision']:9.4f} {m['recall']:9.4f} {m['f1-score']:9.4f} {int(m['support']):9d}")
+    lines.append(f"{'accuracy':>12} {metrics['test_accuracy']:29.4f} {metrics['test_images']:9d}")
+    lines += ["", "confusion matrix (rows: actual, columns: predicted)", "      " + "".join(f"{n:>6}" for n in names)]
+    lines += [
+        f"{n:>6}" + "".join(f"{v:6d}" for v in row) for n, row in zip(names, metrics["confusion_matrix"], strict=True)
+    ]
+    return "\n".join(lines)
+
+
 def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu", seed: int = 0) -> dict:
     """Evaluate the model in ``run_dir`` on the test set; write metrics.json, report.html and figures.
 
@@ -61,7 +79,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu"
     clf = load_model(run_dir, device=device)
     test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
     result = evaluate(clf, test_images, test_labels)
-    config = read_config(run_dir)
+    config = clf.config
     history = _read_history(run_dir)
     training = config.get("training", {})
     best = next((r for r in history if r["epoch"] == training.get("best_epoch")), None)
@@ -86,7 +104,13 @@ def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu"
         ("Confusion matrix", report.confusion(np.array(result.metrics["confusion_matrix"]), clf.labels, figures_dir / "confusion.png")),
     ]  # fmt: skip
     if history:
-        figures.insert(1, ("Loss and accuracy per epoch", report.curves(history, figures_dir / "curves.png", training.get("best_epoch"))))
+        figures.insert(
+            1,
+            (
+                "Loss and accuracy per epoch",
+                report.curves(history, figures_dir / "curves.png", training.get("best_epoch")),
+            ),
+        )
     summary = {
         "architecture": f"{config['architecture']} ({count_parameters(clf.model):,} parameters)",
         "recipe": config.get("recipe") or "-",
@@ -102,7 +126,12 @@ def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu"
         run_dir / "report.html", f"mnist-cnn report: {run_dir.name}", summary,
         result.metrics["classification_report"], figures, result.metrics["misclassified"],
     )  # fmt: skip
-    log.info("test accuracy %.4f, test loss %.4f; report: %s", metrics["test_accuracy"], metrics["test_loss"], run_dir / "report.html")
+    log.info(
+        "test accuracy %.4f, test loss %.4f; report: %s",
+        metrics["test_accuracy"],
+        metrics["test_loss"],
+        run_dir / "report.html",
+    )
     return {**metrics, **result.metrics}
 
 

@@ -38,7 +38,12 @@ MNIST_NORMALIZATION = {"mean": 0.1307, "std": 0.3081}
 
 
 def versions() -> dict:
-    return {"mnist_cnn": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "mnist_cnn": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -201,7 +206,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:3]
-        raise ModelFolderError(f"{folder / WEIGHTS} does not fit {config['architecture']!r}: {' '.join(first)}") from None
+        raise ModelFolderError(
+            f"{folder / WEIGHTS} does not fit {config['architecture']!r}: {' '.join(first)}"
+        ) from None
     return Classifier(model, config, device)
 
 

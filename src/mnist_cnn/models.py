@@ -13,7 +13,7 @@ The first three are the seed projects' Keras models layer for layer ("valid" 3x3
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -99,9 +99,7 @@ class ThreeConv(_ConvNet):
             nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 5, 5)
             nn.Conv2d(64, 64, 3), nn.ReLU(),  # (B, 64, 3, 3)
         )  # fmt: skip
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:

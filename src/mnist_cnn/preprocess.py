@@ -31,7 +31,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {img.width}x{img.height} pixels is more than the limit of {MAX_PIXELS:,}")
+                    raise ImageError(
+                        f"{path}: {img.width}x{img.height} pixels is more than the limit of {MAX_PIXELS:,}"
+                    )
                 img = ImageOps.exif_transpose(img)
                 grey = _to_grey(img)
     except FileNotFoundError:

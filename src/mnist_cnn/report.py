@@ -90,7 +90,9 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def write_html(path: Path, title: str, summary: dict, class_report: dict, figures: list[tuple[str, Path]], misclassified: list[int]) -> Path:
+def write_html(
+    path: Path, title: str, summary: dict, class_report: dict, figures: list[tuple[str, Path]], misclassified: list[int]
+) -> Path:
     """One HTML file with every figure embedded, so it can be mailed or opened anywhere."""
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     per_class = "".join(

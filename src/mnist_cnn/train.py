@@ -12,9 +12,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +55,11 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    if config.lr_schedule == "constant":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    elif config.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
-    else:
-        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+    if config.lr_schedule == "cosine":  # from lr down to 0 over the whole run, step by step
+        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
+    else:  # "constant", as the seeds trained
+        factor = lambda step: 1.0  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return opt, sched
 
 
@@ -92,7 +91,13 @@ def fit(
             order = torch.randperm(n, generator=shuffle).to(x.device)
             loss_sum = torch.zeros((), device=x.device)
             correct = torch.zeros((), dtype=torch.long, device=x.device)
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False, unit="step")
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+                unit="step",
+            )
             for step in bar:
                 idx = order[step * config.batch_size : (step + 1) * config.batch_size]
                 logits = model(x[idx])
