@@ -695,43 +695,32 @@ def test_download_replaces_a_corrupt_cached_file(tmp_path, server, mnist_dir, co
     assert_real_files_in(cache, mnist_dir)
 
 
-def test_find_data_dir_downloads_into_the_cache(tmp_path, server, mnist_dir, monkeypatch):
-    """find_data_dir calls download_mnist(cache) with the default mirrors; MIRRORS is bound as a
-    default argument at definition time, so the mirrors are redirected by wrapping download_mnist."""
+def test_find_data_dir_downloads_into_the_cache(tmp_path, server, mnist_dir):
     cache = tmp_path / "dl-cache"
-    real_download = data.download_mnist
-    calls = []
-
-    def local_download(cache_dir, *args, **kwargs):
-        calls.append(Path(cache_dir))
-        assert not args and not kwargs  # the defaults are what find_data_dir relies on
-        return real_download(cache_dir, [server.mirror("missing"), server.mirror("good")], timeout=10)
-
-    monkeypatch.setattr(data, "download_mnist", local_download)
-    assert find_data_dir(cache_dir=cache) == cache
-    assert calls == [cache]
+    mirrors = [server.mirror("missing"), server.mirror("good")]
+    assert find_data_dir(cache_dir=cache, mirrors=mirrors) == cache
     assert_real_files_in(cache, mnist_dir)
-    # Now everything is there: no second download, and load_mnist reads the cache.
-    ds = load_mnist(cache_dir=cache)
-    assert calls == [cache]
+    asked = len(server.requests)
+    # Now everything is there: load_mnist reads the cache and downloads nothing more.
+    ds = load_mnist(cache_dir=cache, mirrors=mirrors)
+    assert len(server.requests) == asked
     assert ds.source == str(cache) and len(ds.test_images) == 10000
 
 
-def test_find_data_dir_completes_a_partial_cache(tmp_path, server, mnist_dir, monkeypatch):
+def test_find_data_dir_completes_a_partial_cache(tmp_path, server, mnist_dir):
     cache = tmp_path / "dl-cache"
     cache.mkdir()
     shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", cache)
-    real_download = data.download_mnist
-    monkeypatch.setattr(data, "download_mnist", lambda c: real_download(c, [server.mirror("good")], timeout=10))
-    assert find_data_dir(cache_dir=cache) == cache
+    assert find_data_dir(cache_dir=cache, mirrors=[server.mirror("good")]) == cache
     assert "t10k-labels-idx1-ubyte.gz" not in server.asked("good")
     assert_real_files_in(cache, mnist_dir)
 
 
-def test_download_mnist_default_mirrors_are_bound_at_definition():
-    """Documents why the tests above wrap download_mnist instead of patching MIRRORS."""
-    assert data.download_mnist.__defaults__ == (data.MIRRORS,)
-    assert all(m.startswith(("https://", "http://")) for m in data.MIRRORS)
+def test_download_uses_the_module_mirrors_by_default(tmp_path, server, mnist_dir, monkeypatch):
+    monkeypatch.setattr(data, "MIRRORS", (server.mirror("good"),))
+    cache = tmp_path / "dl-cache"
+    assert load_mnist(cache_dir=cache).source == str(cache)
+    assert_real_files_in(cache, mnist_dir)
 
 
 # ============================================================================= validation split

@@ -23,7 +23,7 @@ import os
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +167,10 @@ def _locate(folder: Path, spec: FileSpec) -> Path | None:
     return None
 
 
-def _check_digest(path: str | Path, disk: bytes, content: bytes, spec: FileSpec) -> str:
+_LOCAL_HINT = " The file is corrupt or not the original MNIST; delete it to download it again, or pass --no-verify for other IDX data."
+
+
+def _check_digest(path: str | Path, disk: bytes, content: bytes, spec: FileSpec, hint: str = _LOCAL_HINT) -> str:
     """Return the content's SHA-256 if it is the published file; raise DataError otherwise."""
     sha = hashlib.sha256(content).hexdigest()
     if sha == spec.sha256:
@@ -176,8 +179,7 @@ def _check_digest(path: str | Path, disk: bytes, content: bytes, spec: FileSpec)
         return sha
     raise DataError(
         f"{path}: digest mismatch: expected the decompressed content to have SHA-256 {spec.sha256} "
-        f"(or the gzip file MD5 {' or '.join(spec.gzip_md5)}), got SHA-256 {sha}. The file is corrupt or "
-        "not the original MNIST; delete it to download it again, or pass --no-verify for other IDX data."
+        f"(or the gzip file MD5 {' or '.join(spec.gzip_md5)}), got SHA-256 {sha}.{hint}"
     )
 
 
@@ -204,7 +206,7 @@ Opener = Callable[..., object]  # urllib.request.urlopen's signature: (url, time
 
 def download_mnist(
     cache_dir: str | os.PathLike,
-    mirrors: tuple[str, ...] | list[str] = MIRRORS,
+    mirrors: Sequence[str] | None = None,
     *,
     timeout: float = 30.0,
     opener: Opener = urllib.request.urlopen,
@@ -213,8 +215,10 @@ def download_mnist(
 
     A file that is already there and verifies is kept. Each file is fetched into a temporary
     file in the same folder and renamed only once its digest is right, so an interrupted or
-    corrupt download never leaves a file that looks valid. Mirrors are tried in order.
+    corrupt download never leaves a file that looks valid. Mirrors (default :data:`MIRRORS`)
+    are tried in order.
     """
+    mirrors = MIRRORS if mirrors is None else mirrors
     cache = Path(cache_dir).expanduser()
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -258,7 +262,7 @@ def _fetch_verified(url: str, target: Path, spec: FileSpec, timeout: float, open
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        _check_digest(url, *_read_bytes(Path(tmp), url), spec)
+        _check_digest(url, *_read_bytes(Path(tmp), url), spec, hint="")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -270,6 +274,7 @@ def find_data_dir(
     *,
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
+    mirrors: Sequence[str] | None = None,
 ) -> Path:
     """Resolve the folder that holds the four files, downloading into the cache if needed."""
     explicit = data_dir if data_dir is not None else os.environ.get("MNIST_CNN_DATA") or None
@@ -292,7 +297,7 @@ def find_data_dir(
             f"and pass --data-dir FOLDER (or set MNIST_CNN_DATA=FOLDER). Expected names: {EXPECTED_NAMES}."
         )
     log.info("MNIST not found in %s; downloading", cache)
-    return download_mnist(cache)
+    return download_mnist(cache, mirrors)
 
 
 # ----------------------------------------------------------------------------- the data set in memory
@@ -316,12 +321,13 @@ def load_mnist(
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     verify: bool = True,
+    mirrors: Sequence[str] | None = None,
 ) -> MNIST:
     """Load MNIST into memory from the first source that has it (see the module docstring).
 
     ``verify=False`` skips the digest check, for other data sets in the same IDX layout.
     """
-    folder = find_data_dir(data_dir, cache_dir=cache_dir, download=download)
+    folder = find_data_dir(data_dir, cache_dir=cache_dir, download=download, mirrors=mirrors)
     arrays, digests = {}, {}
     for key, spec in FILES.items():
         path = _locate(folder, spec)

@@ -160,7 +160,9 @@ def save_model(folder: str | os.PathLike, model: nn.Module, config: dict) -> Pat
         "versions": versions(),
         **config,
     }
-    save_file(state, folder / WEIGHTS, metadata={"architecture": full["architecture"]})
+    tmp = folder / f".{WEIGHTS}.tmp"  # a crash while writing never leaves a damaged model.safetensors
+    save_file(state, tmp, metadata={"architecture": full["architecture"]})
+    os.replace(tmp, folder / WEIGHTS)
     write_json(folder / CONFIG, full)
     return folder
 
