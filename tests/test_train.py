@@ -148,3 +148,22 @@ def test_text_report_shows_every_class_and_the_matrix(trained_run):
     matrix_rows = lines[lines.index("confusion matrix (rows: actual, columns: predicted)") + 2 :]
     assert [[int(v) for v in row.split()[1:]] for row in matrix_rows] == metrics["confusion_matrix"]
     assert f"{metrics['test_accuracy']:.4f}" in text
+
+
+def test_without_validation_an_interrupted_run_keeps_the_last_completed_epoch(mnist):
+    train = _subset(mnist, 0, 400)  # 4 steps per epoch
+    config = TrainConfig(model="basic", epochs=3, batch_size=100, seed=2)
+    snapshots, calls = [], []
+
+    def stop_midway_through_epoch_2(module, inputs):
+        calls.append(1)
+        if len(calls) == 7:  # epoch 2, third step: two of its steps have already changed the weights
+            raise KeyboardInterrupt
+
+    torch.manual_seed(2)
+    model = create_model("basic")
+    model.register_forward_pre_hook(stop_midway_through_epoch_2)
+    on_epoch = lambda result: snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+    result = fit(model, train, None, config, progress=False, on_epoch=on_epoch)
+    assert result.interrupted and result.best_epoch == 1 and len(snapshots) == 1
+    assert all(torch.equal(v, snapshots[0][k]) for k, v in model.state_dict().items())

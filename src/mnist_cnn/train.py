@@ -74,8 +74,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on normalised tensors; leave it holding the best-on-validation weights.
 
-    With no validation set the last epoch's weights are kept. Ctrl-C stops after the current
-    step; the best weights so far (or, before the first epoch ends, the current ones) are kept.
+    With no validation set the last completed epoch's weights are kept. Ctrl-C stops after the
+    current step; the best weights so far (or, before the first epoch ends, the current ones) are kept.
     """
     x, y = train
     n = len(x)
@@ -120,12 +120,11 @@ def fit(
             }
             if val is not None:
                 row["val_loss"], row["val_accuracy"] = _evaluate(model, *val, config.eval_batch_size)
-                # Ties go to the earlier epoch: the later one has no evidence of being better.
-                if row["val_accuracy"] > best_acc:
-                    best_acc, result.best_epoch = row["val_accuracy"], epoch
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                result.best_epoch = epoch
+            # Without a validation split every epoch is kept; with one, only a better one (ties go
+            # to the earlier epoch: the later one has no evidence of being better).
+            if val is None or row["val_accuracy"] > best_acc:
+                best_acc, result.best_epoch = row.get("val_accuracy", best_acc), epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             result.history.append(row)
             log.info(
                 "epoch %d/%d  loss %.4f  acc %.4f%s  (%.1fs)", epoch, config.epochs, row["train_loss"], row["train_accuracy"],
