@@ -12,12 +12,13 @@ from PIL import Image
 from conftest import make_idx_folder
 from mnist_cnn.cli import main
 
+EXE = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")  # the console script installed beside python
+
 
 def cli(*args, env=None):
     """Run the installed console script the way a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    exe = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600)
 
 
 def test_train_evaluate_predict_show_end_to_end(tmp_path, mnist_dir, mnist):
@@ -169,9 +170,8 @@ def test_ctrl_c_stops_cleanly_and_saves_what_was_trained(tmp_path, mnist_dir):
     import time
 
     run = tmp_path / "runs" / "stopped"
-    exe = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
     proc = subprocess.Popen(
-        [exe, "train", "--epochs", "200", "--limit", "2000", "--val-split", "500", "--batch-size", "100",
+        [EXE, "train", "--epochs", "200", "--limit", "2000", "--val-split", "500", "--batch-size", "100",
          "--runs-dir", str(run.parent), "--name", run.name, "--data-dir", str(mnist_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

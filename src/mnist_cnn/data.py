@@ -84,6 +84,11 @@ FILES = {
 }
 
 EXPECTED_NAMES = ", ".join(f"{spec.name}[.gz]" for spec in FILES.values())
+# How to go on without a download; ends every error that finds no usable copy.
+POINT_AT_FOLDER = (
+    "Put the four MNIST files in a folder and pass --data-dir FOLDER (or set MNIST_CNN_DATA=FOLDER). "
+    f"Expected names: {EXPECTED_NAMES}."
+)
 
 
 # ----------------------------------------------------------------------------- IDX format
@@ -244,8 +249,7 @@ def download_mnist(
         else:
             raise DataError(
                 f"could not download {spec.name}.gz from any mirror:\n" + "\n".join(failures) + "\n"
-                "With no network, put the four MNIST files in a folder and pass --data-dir FOLDER "
-                f"(or set MNIST_CNN_DATA=FOLDER). Expected names: {EXPECTED_NAMES}."
+                "With no network: " + POINT_AT_FOLDER
             )
     return cache
 
@@ -292,10 +296,7 @@ def find_data_dir(
     if all(_locate(cache, spec) for spec in FILES.values()):
         return cache
     if not download:
-        raise DataError(
-            f"MNIST is not in the cache folder {cache} and downloading is off. Put the four files in a folder "
-            f"and pass --data-dir FOLDER (or set MNIST_CNN_DATA=FOLDER). Expected names: {EXPECTED_NAMES}."
-        )
+        raise DataError(f"MNIST is not in the cache folder {cache} and downloading is off. {POINT_AT_FOLDER}")
     log.info("MNIST not found in %s; downloading", cache)
     return download_mnist(cache, mirrors)
 
