@@ -57,9 +57,14 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = str if f.name == "val_split" else type(getattr(base, f.name))
-        extra = {"choices": sorted(_models())} if f.name == "model" else {}
-        g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
-                       help=f"{f.metadata['help']} (default: the recipe's; {getattr(base, f.name)} in '{DEFAULT_RECIPE}')", **extra)  # fmt: skip
+        if kind is bool:
+            extra = {"action": argparse.BooleanOptionalAction}
+        else:
+            extra = {"type": kind, "metavar": f.name.upper()}
+            if f.name == "model":
+                extra["choices"] = sorted(_models())
+        g.add_argument(flag, dest=f.name, default=None, **extra,
+                       help=f"{f.metadata['help']} (default: the recipe's; {getattr(base, f.name)} in '{DEFAULT_RECIPE}')")  # fmt: skip
 
 
 def _models() -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
@@ -50,17 +51,40 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
+def lr_factor(config: TrainConfig, steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step: linear warm-up, then the configured schedule."""
+    warm = int(config.warmup * steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(step - warm, steps - warm) / max(1, steps - warm)  # 0 -> 1 over the rest of the run
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if config.lr_schedule == "onecycle":  # after the warm-up, straight down to zero
+            return 1.0 - t
+        return 1.0  # "constant", as the seeds trained
+
+    return factor
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
     if config.weight_decay > 0:
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    if config.lr_schedule == "cosine":  # from lr down to 0 over the whole run, step by step
-        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
-    else:  # "constant", as the seeds trained
-        factor = lambda step: 1.0  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    return opt, sched
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps))
+
+
+def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the weights and batch-norm statistics, or None when off."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def fit(
@@ -71,23 +95,46 @@ def fit(
     *,
     progress: bool = True,
     on_epoch: Callable[[FitResult], None] | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+    step_every: int = 0,
 ) -> FitResult:
     """Train ``model`` in place on normalised tensors; leave it holding the best-on-validation weights.
 
-    With no validation set the last completed epoch's weights are kept. Ctrl-C stops after the
-    current step; the best weights so far (or, before the first epoch ends, the current ones) are kept.
+    With ``config.ema`` the moving average is what gets validated, selected and kept. With no
+    validation set the last completed epoch's weights are kept. Ctrl-C stops after the current
+    step; the best weights so far (or, before the first epoch ends, the current ones) are kept.
+    ``on_step(step, model)`` is called every ``step_every`` steps with the model that would be kept
+    (for benchmarks that follow accuracy during training); time spent in callbacks is not counted
+    in ``train_seconds``.
     """
     x, y = train
     n = len(x)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = to_memory_format(x, True)
+        if val is not None:
+            val = (to_memory_format(val[0], True), val[1])
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt, sched = _make_optimizer(model, config, config.epochs * steps_per_epoch)
+    ema = _make_ema(model, config.ema)
+    kept = ema.module if ema is not None else model  # what is validated and kept
+    aug = config.augmentation
+    fill = x.amin().item() if aug.active and n else 0.0  # the background of normalised digits
     shuffle = torch.Generator().manual_seed(config.seed)  # on the CPU, so shuffling never depends on the device
+    aug_rng = torch.Generator().manual_seed(config.seed + 1)
     result, best_acc, best_state = FitResult(), -1.0, None
-    start = time.perf_counter()
+    start, paused, global_step = time.perf_counter(), 0.0, 0
+
+    def callback(fn, *args) -> None:
+        nonlocal paused
+        t = time.perf_counter()
+        fn(*args)
+        paused += time.perf_counter() - t
+
     try:
         for epoch in range(1, config.epochs + 1):
             model.train()
-            epoch_start = time.perf_counter()
+            epoch_start, epoch_paused = time.perf_counter(), paused
             order = torch.randperm(n, generator=shuffle).to(x.device)
             loss_sum = torch.zeros((), device=x.device)
             correct = torch.zeros((), dtype=torch.long, device=x.device)
@@ -100,42 +147,54 @@ def fit(
             )
             for step in bar:
                 idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-                logits = model(x[idx])
-                loss = F.cross_entropy(logits, y[idx])
+                xb, yb = x[idx], y[idx]
+                if aug.active:
+                    xb = aug(xb, aug_rng, fill)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                global_step += 1
                 loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == y[idx]).sum()
+                correct += (logits.argmax(1) == yb).sum()
                 if step % 50 == 49 or step == steps_per_epoch - 1:
                     seen = min((step + 1) * config.batch_size, n)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+                if on_step is not None and step_every > 0 and global_step % step_every == 0:
+                    callback(on_step, global_step, kept)
+                    model.train()
             row = {
                 "epoch": epoch,
                 "train_loss": loss_sum.item() / n,
                 "train_accuracy": correct.item() / n,
                 "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - epoch_start,
+                "seconds": time.perf_counter() - epoch_start - (paused - epoch_paused),
             }
             if val is not None:
-                row["val_loss"], row["val_accuracy"] = _evaluate(model, *val, config.eval_batch_size)
+                row["val_loss"], row["val_accuracy"] = _evaluate(kept, *val, config.eval_batch_size)
+            row["elapsed"] = time.perf_counter() - start - paused
             # Without a validation split every epoch is kept; with one, only a better one (ties go
             # to the earlier epoch: the later one has no evidence of being better).
             if val is None or row["val_accuracy"] > best_acc:
                 best_acc, result.best_epoch = row.get("val_accuracy", best_acc), epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
             result.history.append(row)
             log.info(
                 "epoch %d/%d  loss %.4f  acc %.4f%s  (%.1fs)", epoch, config.epochs, row["train_loss"], row["train_accuracy"],
                 f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}" if val is not None else "", row["seconds"],
             )  # fmt: skip
             if on_epoch is not None:
-                on_epoch(result)
+                callback(on_epoch, result)
     except KeyboardInterrupt:
         result.interrupted = True
         log.warning("interrupted: keeping the weights of epoch %s", result.best_epoch or "in progress")
-    result.train_seconds = time.perf_counter() - start
+    result.train_seconds = time.perf_counter() - start - paused
+    if best_state is None and ema is not None:
+        best_state = kept.state_dict()  # interrupted in the first epoch: the average so far
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
