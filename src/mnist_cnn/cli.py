@@ -67,6 +67,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{f.metadata['help']} (default: the recipe's; {getattr(base, f.name)} in '{DEFAULT_RECIPE}')")  # fmt: skip
 
 
+def _add_tta_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over small rotations and zooms of each image (5x the compute; default: off)")  # fmt: skip
+
+
 def _models() -> list[str]:
     from .models import list_models
 
@@ -112,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", parents=[common], help="evaluate a saved model on the test set; rewrite its metrics and report"
     )
     p.add_argument("run", type=Path, help="run (model) folder")
+    _add_tta_flag(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+
+    p = sub.add_parser(
+        "ensemble", parents=[common], help="combine model folders into one ensemble model folder and evaluate it"
+    )
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="two or more run (model) folders")
+    p.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder (default: refuse)")
+    _add_tta_flag(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
 
@@ -119,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run (model) folder")
     p.add_argument("images", type=Path, nargs="+", help="image files")
     p.add_argument("--json", action="store_true", help="one JSON object per file (default: readable lines)")
+    _add_tta_flag(p)
     _add_runtime_flags(p)
 
     p = sub.add_parser("show", parents=[common], help="save a grid of sample digits")
@@ -168,18 +185,36 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run, format_metrics
     from .inference import read_config
     from .train import configure_threads
 
     read_config(args.run)  # a clear error before the data is loaded
     configure_threads(args.threads)
-    metrics = evaluate_run(args.run, _load_data(args), device=args.device)
+    return _evaluate_and_print(args.run, _load_data(args), args)
+
+
+def _evaluate_and_print(run: Path, data, args) -> int:
+    from .evaluate import evaluate_run, format_metrics
+
+    metrics = evaluate_run(run, data, device=args.device, tta=args.tta)
     print(format_metrics(metrics), end="\n\n")
+    val = f"validation {metrics['val_accuracy']:.4f}, " if metrics["val_accuracy"] is not None else ""
     print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
-          f"({len(metrics['misclassified'])} of {metrics['test_images']} misclassified)")  # fmt: skip
-    print(f"report: {args.run / 'report.html'}")
+          f"({val}{len(metrics['misclassified'])} of {metrics['test_images']} misclassified"
+          f"{', with test-time augmentation' if args.tta else ''})")  # fmt: skip
+    print(f"report: {run / 'report.html'}")
     return 0
+
+
+def cmd_ensemble(args) -> int:
+    from .ensemble import make_ensemble
+    from .train import configure_threads
+
+    configure_threads(args.threads)
+    data = _load_data(args)  # a clear error before anything is written
+    out = make_ensemble(args.runs, args.out, overwrite=args.overwrite)
+    print(f"wrote ensemble of {len(args.runs)} models: {out}")
+    return _evaluate_and_print(out, data, args)
 
 
 def cmd_predict(args) -> int:
@@ -190,7 +225,7 @@ def cmd_predict(args) -> int:
     from .train import configure_threads
 
     configure_threads(args.threads)
-    clf = load_model(args.run, device="cpu" if args.device == "auto" else args.device)
+    clf = load_model(args.run, device="cpu" if args.device == "auto" else args.device, tta=args.tta)
     failures = 0
     for path in args.images:
         try:
@@ -236,6 +271,7 @@ def cmd_recipes(args) -> int:
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "ensemble": cmd_ensemble,
     "predict": cmd_predict,
     "show": cmd_show,
     "recipes": cmd_recipes,

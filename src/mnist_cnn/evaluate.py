@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from . import report
-from .data import MNIST
+from .config import TrainConfig
+from .data import MNIST, split_validation
 from .inference import CONFIG, Classifier, load_model, write_json
 from .models import count_parameters
 
@@ -70,25 +71,39 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu", seed: int = 0) -> dict:
+def validation_set(data: MNIST, train_config: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The validation images and labels a run was selected on (None if it had no validation split)."""
+    _, val_idx = split_validation(len(data.train_images), str(train_config["val_split"]), int(train_config["seed"]))
+    return (data.train_images[val_idx], data.train_labels[val_idx]) if len(val_idx) else None
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu", seed: int = 0, tta: bool = False
+) -> dict:
     """Evaluate the model in ``run_dir`` on the test set; write metrics.json, report.html and figures.
 
     Also records the headline metrics in the folder's config.json, so they travel with the model.
+    With ``tta`` every prediction averages a few views of the image, and the validation accuracy is
+    measured again with them, so whether TTA helps can be judged without the test set.
     """
     run_dir = Path(run_dir)
-    clf = load_model(run_dir, device=device)
+    clf = load_model(run_dir, device=device, tta=tta)
     test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
     result = evaluate(clf, test_images, test_labels)
     config = clf.config
     history = _read_history(run_dir)
     training = config.get("training", {})
     best = next((r for r in history if r["epoch"] == training.get("best_epoch")), None)
+    val_accuracy = best.get("val_accuracy") if best else None
+    if tta and "train_config" in config and (val := validation_set(data, config["train_config"])) is not None:
+        val_accuracy = float((clf.predict(val[0]) == val[1].numpy()).mean())
     metrics = {
         "test_accuracy": result.metrics["test_accuracy"],
         "test_loss": result.metrics["test_loss"],
-        "val_accuracy": best.get("val_accuracy") if best else None,
+        "val_accuracy": val_accuracy,
         "best_epoch": training.get("best_epoch"),
         "train_seconds": training.get("train_seconds"),
+        "tta": tta,
     }
     write_json(run_dir / "metrics.json", {**metrics, **result.metrics})
     config["metrics"] = metrics
@@ -103,6 +118,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu"
         ("Most confident mistakes", report.mistakes_grid(test_images, test_labels, result.probs, figures_dir / "mistakes.png")),
         ("Confusion matrix", report.confusion(np.array(result.metrics["confusion_matrix"]), clf.labels, figures_dir / "confusion.png")),
     ]  # fmt: skip
+    aug = _augmentation(config)
+    if aug is not None:
+        figures.insert(1, ("Augmented training digits (top row: originals)", report.augmentation_grid(
+            train_images, train_labels, aug, figures_dir / "augmentation.png", seed=seed)))  # fmt: skip
     if history:
         figures.insert(
             1,
@@ -121,6 +140,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu"
         "test accuracy": f"{metrics['test_accuracy']:.4f}",
         "test loss": f"{metrics['test_loss']:.4f}",
         "test images": f"{len(test_labels):,}",
+        "test-time augmentation": f"yes ({len(clf.model.views)} views)" if tta else "no",
     }
     report.write_html(
         run_dir / "report.html", f"mnist-cnn report: {run_dir.name}", summary,
@@ -133,6 +153,15 @@ def evaluate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu"
         run_dir / "report.html",
     )
     return {**metrics, **result.metrics}
+
+
+def _augmentation(config: dict):
+    """The run's augmentation if it used one, else None."""
+    try:
+        aug = TrainConfig(**config["train_config"]).augmentation
+    except (KeyError, TypeError, ValueError):  # no train config (ensembles), or one from another version
+        return None
+    return aug if aug.active else None
 
 
 def _read_history(run_dir: Path) -> list[dict]:

@@ -114,10 +114,15 @@ def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
 class Classifier:
     """A trained model ready to predict: wraps the network and its ``config.json``."""
 
-    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu"):
+    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu", *, tta: bool = False):
+        from .ensemble import TTA, background
+
         self.device = select_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
         self.config = config
+        self.tta = tta
+        if tta:  # average over small rotations and zooms of each image
+            model = TTA(model, fill=background(self.normalization))
+        self.model = model.to(self.device).eval()
 
     @property
     def labels(self) -> list[str]:
@@ -185,10 +190,17 @@ def read_config(folder: str | os.PathLike) -> dict:
     return config
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
-    """Load a model folder written by ``mnist-cnn train`` (or :func:`save_model`)."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, tta: bool = False) -> Classifier:
+    """Load a model folder written by ``mnist-cnn train``, ``mnist-cnn ensemble`` or :func:`save_model`.
+
+    ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
+    """
     folder = Path(path)
     config = read_config(folder)
+    if config["architecture"] == "ensemble":
+        from .ensemble import load_ensemble
+
+        return Classifier(load_ensemble(folder, config), config, device, tta=tta)
     try:
         model = create_model(
             config["architecture"],
@@ -211,7 +223,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
         raise ModelFolderError(
             f"{folder / WEIGHTS} does not fit {config['architecture']!r}: {' '.join(first)}"
         ) from None
-    return Classifier(model, config, device)
+    return Classifier(model, config, device, tta=tta)
 
 
 def write_json(path: Path, data) -> None:

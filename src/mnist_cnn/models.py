@@ -129,3 +129,51 @@ class Deep(_ConvNet):
             nn.Linear(64 * 4 * 4, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dense_dropout),
             nn.Linear(256, num_classes),
         )  # fmt: skip
+
+
+def _conv_pool_bn(cin: int, cout: int, kernel: int = 3) -> list[nn.Module]:
+    # Pooling before batch norm and ReLU gives the same kind of network (max-pooling commutes
+    # with ReLU) while the elementwise layers, half the step time of a small net on a CPU, see a
+    # quarter of the pixels. Measured: 1.25x faster steps than conv-BN-ReLU-pool.
+    return [
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
+
+
+@register("fast")
+class Fast(_ConvNet):
+    """Three conv-pool-BN-ReLU blocks (16, 32, 64 channels) and one linear layer: 29,434 parameters.
+
+    Small enough that one epoch takes about 5 s on two CPU cores, and batch norm lets the
+    one-cycle schedule of the ``fast`` recipe use a high learning rate from the first steps.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_pool_bn(in_channels, width, 5),
+            *_conv_pool_bn(width, 2 * width),
+            *_conv_pool_bn(2 * width, 4 * width),
+        )  # fmt: skip  (B, 4w, 3, 3)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 9, num_classes))
+
+
+@register("best")
+class Best(_ConvNet):
+    """Conv5x5-pool, two 3x3 convs at 14x14, pool, conv-pool at 7x7, linear; batch norm throughout.
+
+    The ``best`` recipe trains it with augmentation, label smoothing and an EMA of the weights.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_pool_bn(in_channels, width, 5),  # (B, w, 14, 14)
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            *_conv_pool_bn(2 * width, 2 * width),  # (B, 2w, 7, 7)
+            *_conv_pool_bn(2 * width, 4 * width),  # (B, 4w, 3, 3)
+        )  # fmt: skip
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * width * 9, num_classes))

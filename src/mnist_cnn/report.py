@@ -37,6 +37,21 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, path: Path, n: int = 32,
     return _digit_grid(images[idx], [f"label {labels[i]}" for i in idx], path, cols=8)
 
 
+def augmentation_grid(images: np.ndarray, labels: np.ndarray, aug, path: Path, n: int = 8, seed: int = 0) -> Path:
+    """``n`` training digits (top row) and three random augmentations of each below them."""
+    import torch
+
+    from .augment import augment
+
+    idx = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
+    x = torch.as_tensor(images[idx], dtype=torch.float32)[:, None]
+    gen = torch.Generator().manual_seed(seed)
+    rows = [x] + [augment(x, aug, gen).clamp(0, 255) for _ in range(3)]
+    grid = torch.cat(rows)[:, 0].round().to(torch.uint8).numpy()
+    titles = [f"label {labels[i]}" for i in idx] + ["augmented"] * (3 * len(idx))
+    return _digit_grid(grid, titles, path, cols=len(idx))
+
+
 def prediction_grid(images, labels, preds, path: Path, n: int = 5, seed: int = 0) -> Path:
     """``n`` random test images with actual vs. predicted labels (red where wrong)."""
     idx = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)

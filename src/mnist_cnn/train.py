@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
@@ -76,11 +76,27 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config, steps))
 
 
+def _ema_update(decay: float):
+    """EMA step whose decay warms up as ``(1 + n) / (10 + n)``, so early averages are not stuck at initialisation."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.lerp_(c, 1 - d)
+            else:  # integer buffers (batch norm's step counter): track the model
+                a.copy_(c)
+
+    return update
+
+
 def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of the weights and batch-norm statistics, or None when off."""
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)
 
 
 def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
