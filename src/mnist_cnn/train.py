@@ -111,7 +111,7 @@ def fit(
     *,
     progress: bool = True,
     on_epoch: Callable[[FitResult], None] | None = None,
-    on_step: Callable[[int, nn.Module], None] | None = None,
+    on_step: Callable[[int, nn.Module, float], None] | None = None,
     step_every: int = 0,
 ) -> FitResult:
     """Train ``model`` in place on normalised tensors; leave it holding the best-on-validation weights.
@@ -119,9 +119,9 @@ def fit(
     With ``config.ema`` the moving average is what gets validated, selected and kept. With no
     validation set the last completed epoch's weights are kept. Ctrl-C stops after the current
     step; the best weights so far (or, before the first epoch ends, the current ones) are kept.
-    ``on_step(step, model)`` is called every ``step_every`` steps with the model that would be kept
-    (for benchmarks that follow accuracy during training); time spent in callbacks is not counted
-    in ``train_seconds``.
+    ``on_step(step, model, seconds)`` is called every ``step_every`` steps with the model that would
+    be kept and the training time so far (for benchmarks that follow accuracy during training); time
+    spent in callbacks is not counted in ``train_seconds``.
     """
     x, y = train
     n = len(x)
@@ -181,7 +181,7 @@ def fit(
                     seen = min((step + 1) * config.batch_size, n)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
                 if on_step is not None and step_every > 0 and global_step % step_every == 0:
-                    callback(on_step, global_step, kept)
+                    callback(on_step, global_step, kept, time.perf_counter() - start - paused)
                     model.train()
             row = {
                 "epoch": epoch,
@@ -244,6 +244,8 @@ def train_run(
     recipe: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    on_step: Callable[[int, nn.Module, float], None] | None = None,
+    step_every: int = 0,
 ) -> RunResult:
     """Train one model as ``config`` says and save it, with its history, in ``run_dir``.
 
@@ -267,7 +269,10 @@ def train_run(
         "training %s (%s parameters) on %d images, validating on %d, device %s, %d CPU threads",
         config.model, f"{count_parameters(model):,}", len(train_idx), len(val_idx), dev, torch.get_num_threads(),
     )  # fmt: skip
-    result = fit(model, train, val, config, progress=progress, on_epoch=lambda r: write_history(run_dir, r.history))
+    result = fit(
+        model, train, val, config, progress=progress, on_epoch=lambda r: write_history(run_dir, r.history),
+        on_step=on_step, step_every=step_every,
+    )  # fmt: skip
     write_history(run_dir, result.history)
 
     meta = {

@@ -1,0 +1,176 @@
+"""The fast and best recipes, EMA, schedules, TTA and ensemble model folders."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnist_cnn.config import RECIPES, TrainConfig
+from mnist_cnn.ensemble import TTA, make_ensemble
+from mnist_cnn.errors import ModelFolderError
+from mnist_cnn.evaluate import evaluate_run
+from mnist_cnn.inference import load_model, to_model_input
+from mnist_cnn.models import count_parameters, create_model
+from mnist_cnn.train import fit, lr_factor, train_run
+
+
+def _subset(mnist, start, n):
+    return to_model_input(mnist.train_images[start : start + n]), mnist.train_labels[start : start + n]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, mnist):
+    """Two small models (the fast recipe on 3,000 images, seeds 0 and 1), evaluated."""
+    root = tmp_path_factory.mktemp("ens")
+    runs = []
+    for seed in (0, 1):
+        config = RECIPES["fast"].config.replace(limit=3000, val_split="1000", seed=seed, epochs=2)
+        train_run(config, mnist, root / f"fast-{seed}", recipe="fast", device="cpu", progress=False)
+        evaluate_run(root / f"fast-{seed}", mnist)
+        runs.append(root / f"fast-{seed}")
+    return runs
+
+
+@pytest.mark.parametrize("recipe", ["fast", "best"])
+def test_new_recipes_train_a_few_steps_and_save_a_model(recipe, mnist, tmp_path):
+    config = RECIPES[recipe].config.replace(limit=512, val_split="256", epochs=1)
+    result = train_run(config, mnist, tmp_path / recipe, recipe=recipe, device="cpu", progress=False)
+    row = result.fit.history[0]
+    assert math.isfinite(row["train_loss"]) and 0 <= row["val_accuracy"] <= 1
+    clf = load_model(tmp_path / recipe)
+    assert clf.predict(mnist.test_images[:5]).shape == (5,)
+    assert json.loads((tmp_path / recipe / "config.json").read_text())["train_config"] == config.to_dict()
+
+
+def test_recipe_settings_and_sizes():
+    fast, best = RECIPES["fast"].config, RECIPES["best"].config
+    assert (fast.model, fast.epochs, fast.lr_schedule) == ("fast", 1, "onecycle")
+    assert best.model == "best" and best.ema > 0 and best.label_smoothing > 0 and best.augmentation.active
+    assert count_parameters(create_model("fast")) == 29_434
+    assert count_parameters(create_model("best")) == 141_930
+
+
+def test_fast_recipe_learns_in_one_epoch_on_a_subset(mnist, tmp_path):
+    # 10,000 images, one epoch, about a second: far above chance, the recipe's settings work.
+    config = RECIPES["fast"].config.replace(limit=10_000, val_split="2000")
+    result = train_run(config, mnist, tmp_path / "fast", recipe="fast", device="cpu", progress=False)
+    assert result.fit.history[0]["val_accuracy"] > 0.95
+
+
+def test_with_ema_and_augmentation_the_kept_checkpoint_is_the_best_on_validation(mnist):
+    train, val = _subset(mnist, 0, 1500), _subset(mnist, 50_000, 1000)
+    config = TrainConfig(model="fast", epochs=5, batch_size=50, lr=0.05, seed=2, ema=0.9, aug_rotate=10,
+                         aug_translate=0.05)  # fmt: skip
+    torch.manual_seed(2)
+    model = create_model("fast")
+    result = fit(model, train, val, config, progress=False)
+    accs = [row["val_accuracy"] for row in result.history]
+    assert result.best_epoch == int(np.argmax(accs)) + 1
+    model.eval()
+    with torch.no_grad():
+        kept = (model(val[0]).argmax(1) == val[1]).float().mean().item()
+    assert kept == pytest.approx(max(accs))  # the EMA weights that scored best, not the raw ones
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+    steps = 100
+    one = lr_factor(TrainConfig(lr_schedule="onecycle", warmup=0.2), steps)
+    assert one(0) == pytest.approx(1 / 20) and one(19) == pytest.approx(1.0)
+    assert one(60) == pytest.approx(0.5) and one(100) == pytest.approx(0.0)
+    cos = lr_factor(TrainConfig(lr_schedule="cosine"), steps)
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    assert lr_factor(TrainConfig(), steps)(99) == 1.0
+
+
+def test_step_callback_sees_the_kept_model_and_is_not_timed(mnist):
+    train = _subset(mnist, 0, 1000)
+    config = TrainConfig(model="fast", epochs=2, batch_size=100, ema=0.5)
+    calls = []
+
+    def on_step(step, model, seconds):
+        calls.append((step, seconds))
+        import time
+
+        time.sleep(0.05)
+
+    result = fit(create_model("fast"), train, None, config, progress=False, on_step=on_step, step_every=5)
+    assert [s for s, _ in calls] == [5, 10, 15, 20]
+    assert all(b[1] > a[1] for a, b in itertools.pairwise(calls)) and calls[-1][1] < 0.2 + result.train_seconds
+    assert result.train_seconds < sum(r["seconds"] for r in result.history) + 0.1
+    assert all(r["seconds"] >= 0 for r in result.history)
+
+
+def test_tta_with_only_the_identity_view_is_the_model_itself():
+    torch.manual_seed(0)
+    model = create_model("fast").eval()
+    x = torch.randn(6, 1, 28, 28)
+    tta = TTA(model, views=[(0, 1.0, 0, 0)]).eval()
+    with torch.no_grad():
+        assert torch.allclose(tta(x), F.log_softmax(model(x), 1), atol=1e-5)
+        out = TTA(model).eval()(x)
+    assert out.shape == (6, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(6), atol=1e-5)  # log-probabilities
+
+
+def test_tta_classifier_and_evaluate(two_runs, mnist):
+    plain, tta = load_model(two_runs[0]), load_model(two_runs[0], tta=True)
+    images = mnist.test_images[:500].numpy()
+    p = tta.predict_proba(images)
+    assert p.shape == (500, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    agree = (tta.predict(images) == plain.predict(images)).mean()
+    assert agree > 0.9  # the same model, looked at from a few angles
+    metrics = evaluate_run(two_runs[0], mnist, tta=True)
+    assert metrics["tta"] is True and 0.9 < metrics["val_accuracy"] <= 1
+
+
+def test_ensemble_folder_averages_its_members_probabilities(two_runs, mnist, tmp_path):
+    out = make_ensemble(two_runs, tmp_path / "ens")
+    ens = load_model(out)
+    images = mnist.test_images[:300].numpy()
+    by_hand = np.mean([load_model(r).predict_proba(images) for r in two_runs], axis=0)
+    assert np.allclose(ens.predict_proba(images), by_hand, atol=1e-5)
+    assert (ens.predict(images) == by_hand.argmax(1)).all()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "ensemble" and len(config["members"]) == 2
+    # self-contained: the members' folders are copies, so the originals may go
+    assert (out / "members" / "0" / "model.safetensors").is_file()
+    metrics = evaluate_run(out, mnist)
+    assert metrics["test_accuracy"] > 0.9 and metrics["val_accuracy"] is None
+    assert (out / "report.html").is_file()
+
+
+def test_ensemble_refuses_bad_requests(two_runs, tmp_path):
+    with pytest.raises(ValueError, match="at least two"):
+        make_ensemble(two_runs[:1], tmp_path / "one")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(ModelFolderError, match="already exists"):
+        make_ensemble(two_runs, tmp_path / "taken")
+    assert (tmp_path / "taken" / "file").read_text() == "x"  # nothing lost
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        make_ensemble([two_runs[0], tmp_path / "missing"], tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+    nested = make_ensemble(two_runs, tmp_path / "nested")
+    with pytest.raises(ModelFolderError, match="itself an ensemble"):
+        make_ensemble([nested, two_runs[0]], tmp_path / "e2")
+
+
+def test_cli_ensemble_and_tta(two_runs, mnist_dir, tmp_path):
+    env_cmd = [sys.executable, "-m", "mnist_cnn"]
+    out = tmp_path / "ens"
+    done = subprocess.run([*env_cmd, "ensemble", *map(str, two_runs), "--out", str(out), "--data-dir", str(mnist_dir),
+                           "--tta", "-q"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "with test-time augmentation" in done.stdout and (out / "metrics.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["tta"] is True
+    again = subprocess.run([*env_cmd, "ensemble", *map(str, two_runs), "--out", str(out), "--data-dir", str(mnist_dir)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
