@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble", parents=[common], help="combine model folders into one ensemble model folder and evaluate it"
     )
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="two or more run (model) folders")
-    p.add_argument("--out", type=Path, required=True, help="ensemble folder to write")
+    p.add_argument("--out", type=Path, required=True, help="ensemble folder to write (required; no default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder (default: refuse)")
     _add_tta_flag(p)
     _add_data_flags(p)
