@@ -17,7 +17,7 @@ ifeq ($(MNIST_CNN_DATA),)
   endif
 endif
 
-.PHONY: run test install clean
+.PHONY: run test install browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,14 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/mnist-cnn train --recipe $(RECIPE) $(ARGS)
 
-test: install
+# The browser test drives Debian's chromium (Playwright's own browser download does not work on
+# machines without internet); install it when missing, as root (CI) or through sudo.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+
+test: install browser
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:

@@ -73,3 +73,17 @@ def make_idx_folder(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool 
     for key, array in arrays.items():
         write_idx(folder / (FILES[key].name + (".gz" if gz else "")), array)
     return folder
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory, trained_run, mnist):
+    """A copy of ``trained_run`` with model.onnx exported and verified on the test set (issue 5's tests)."""
+    import shutil
+
+    from mnist_cnn.export import export_onnx, verify_onnx
+
+    folder = tmp_path_factory.mktemp("exported") / "basic-small"
+    shutil.copytree(trained_run[0].run_dir, folder)
+    export_onnx(folder)
+    verify_onnx(folder, mnist.test_images.numpy())
+    return folder

@@ -50,6 +50,27 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: 0 = one per available core)")  # fmt: skip
 
 
+def _add_inference_runtime_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
+                   help="predict with PyTorch or with the exported model.onnx on ONNX Runtime (default: torch)")  # fmt: skip
+
+
+def _add_serve_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ServeSettings field, like the training flags."""
+    from .config import ServeSettings as Settings
+
+    g = p.add_argument_group("service (limits and batching)")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")  # fmt: skip
+            continue
+        extra = {"choices": ["torch", "onnxruntime"]} if f.name == "runtime" else {}
+        g.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(),
+                       help=f"{f.metadata['help']} (default: {f.default})", **extra)  # fmt: skip
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; unset flags keep the recipe's value."""
     base = RECIPES[DEFAULT_RECIPE].config
@@ -120,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tta_flag(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
+    _add_inference_runtime_flag(p)
 
     p = sub.add_parser(
         "ensemble", parents=[common], help="combine model folders into one ensemble model folder and evaluate it"
@@ -137,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per file (default: readable lines)")
     _add_tta_flag(p)
     _add_runtime_flags(p)
+    _add_inference_runtime_flag(p)
+
+    p = sub.add_parser(
+        "export", parents=[common], help="export a saved model to ONNX and check it against PyTorch on the test set"
+    )
+    p.add_argument("run", type=Path, help="run (model) folder; model.onnx is written into it")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest |ONNX Runtime - PyTorch| logit difference accepted on the test set (default: 1e-4)")  # fmt: skip
+    _add_data_flags(p)
+
+    p = sub.add_parser("serve", parents=[common], help="serve a saved model over HTTP: REST API and drawing page")
+    p.add_argument("run", type=Path, help="run (model) folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--graceful-timeout", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish on shutdown (default: 10)")  # fmt: skip
+    _add_serve_flags(p)
 
     p = sub.add_parser("show", parents=[common], help="save a grid of sample digits")
     p.add_argument("--out", type=Path, default=Path("digits.png"), help="PNG file to write (default: digits.png)")
@@ -185,18 +226,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .inference import read_config
+    from .inference import load_model, read_config
     from .train import configure_threads
 
     read_config(args.run)  # a clear error before the data is loaded
     configure_threads(args.threads)
+    if args.runtime != "torch":
+        load_model(
+            args.run, runtime=args.runtime, tta=args.tta
+        )  # a clear error (e.g. no model.onnx) before the data is loaded
     return _evaluate_and_print(args.run, _load_data(args), args)
 
 
 def _evaluate_and_print(run: Path, data, args) -> int:
     from .evaluate import evaluate_run, format_metrics
 
-    metrics = evaluate_run(run, data, device=args.device, tta=args.tta)
+    runtime = getattr(args, "runtime", "torch")
+    metrics = evaluate_run(run, data, device=args.device, tta=args.tta, runtime=runtime)
     print(format_metrics(metrics), end="\n\n")
     val = f"validation {metrics['val_accuracy']:.4f}, " if metrics["val_accuracy"] is not None else ""
     print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
@@ -225,7 +271,9 @@ def cmd_predict(args) -> int:
     from .train import configure_threads
 
     configure_threads(args.threads)
-    clf = load_model(args.run, device="cpu" if args.device == "auto" else args.device, tta=args.tta)
+    clf = load_model(
+        args.run, device="cpu" if args.device == "auto" else args.device, runtime=args.runtime, tta=args.tta
+    )
     failures = 0
     for path in args.images:
         try:
@@ -246,6 +294,33 @@ def cmd_predict(args) -> int:
     if failures:
         print(f"{failures} of {len(args.images)} file(s) could not be read", file=sys.stderr)
     return 1 if failures else 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx, verify_onnx
+    from .inference import read_config
+
+    read_config(args.run)  # a clear error before the data is loaded
+    path = export_onnx(args.run, opset=args.opset)
+    data = _load_data(args)
+    diff = verify_onnx(args.run, data.test_images.numpy(), tolerance=args.tolerance)
+    print(f"wrote {path}")
+    print(f"ONNX Runtime matches PyTorch on the {len(data.test_images):,} test images: "
+          f"max |logit difference| {diff:.2e} (tolerance {args.tolerance:g})")  # fmt: skip
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .inference import load_model
+    from .serve import run, settings_from
+
+    settings = settings_from(vars(args))
+    load_model(args.run, runtime=settings.runtime)  # a clear error now rather than a server that never gets ready
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535; got {args.port}")
+    print(f"serving {args.run} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
+    run(args.run, settings, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
+    return 0
 
 
 def cmd_show(args) -> int:
@@ -273,6 +348,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "ensemble": cmd_ensemble,
     "predict": cmd_predict,
+    "export": cmd_export,
+    "serve": cmd_serve,
     "show": cmd_show,
     "recipes": cmd_recipes,
 }

@@ -2,6 +2,7 @@
 
 A recipe is a complete, frozen :class:`TrainConfig`; every field can be overridden on the command
 line (``mnist-cnn train --recipe deep --epochs 5``), and the resolved config is saved with the run.
+:class:`ServeSettings` does the same for ``mnist-cnn serve``.
 """
 
 from __future__ import annotations
@@ -137,3 +138,37 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of the REST service (``mnist_cnn.serve.Settings``); each field is also a flag of ``mnist-cnn serve``."""
+
+    runtime: str = field(default="onnxruntime", metadata={"help": "inference runtime, torch or onnxruntime (faster here, see docs/benchmarks.md)"})  # fmt: skip
+    threads: int = field(default=1, metadata={"help": "CPU threads for one forward pass; the event loop needs a core too"})  # fmt: skip
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body in bytes, else 413"})
+    max_image_pixels: int = field(default=16_000_000, metadata={"help": "largest uploaded image (width x height), else 413"})  # fmt: skip
+    image_formats: str = field(default="PNG,JPEG,GIF,BMP,WEBP,TIFF", metadata={"help": "uploaded image formats accepted (as Pillow names them), else 415"})  # fmt: skip
+    max_batch: int = field(default=64, metadata={"help": "most requests computed in one forward pass"})
+    max_queue: int = field(default=256, metadata={"help": "requests waiting for the model before new ones get 503"})  # fmt: skip
+    batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
+    min_confidence: float = field(default=0.7, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
+    retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with a 503"})
+    access_log: bool = field(default=True, metadata={"help": "one JSON line per request on the 'mnist_cnn.access' logger"})  # fmt: skip
+
+    def __post_init__(self):
+        from .inference import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        for name in ("threads", "max_body_bytes", "max_image_pixels", "max_batch", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.batch_wait_ms < 0 or self.retry_after_s < 0:
+            raise ValueError("batch_wait_ms and retry_after_s must not be negative")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError("min_confidence must be between 0 and 1")
+
+    @property
+    def formats(self) -> set[str]:
+        return {f.strip().upper() for f in self.image_formats.split(",") if f.strip()}

@@ -78,16 +78,24 @@ def validation_set(data: MNIST, train_config: dict) -> tuple[torch.Tensor, torch
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu", seed: int = 0, tta: bool = False
+    run_dir: str | os.PathLike,
+    data: MNIST,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    tta: bool = False,
+    runtime: str = "torch",
 ) -> dict:
     """Evaluate the model in ``run_dir`` on the test set; write metrics.json, report.html and figures.
 
     Also records the headline metrics in the folder's config.json, so they travel with the model.
     With ``tta`` every prediction averages a few views of the image, and the validation accuracy is
     measured again with them, so whether TTA helps can be judged without the test set.
+    ``runtime="onnxruntime"`` measures the exported ``model.onnx`` instead of the PyTorch weights.
     """
     run_dir = Path(run_dir)
-    clf = load_model(run_dir, device=device, tta=tta)
+    clf = load_model(run_dir, device=device, runtime=runtime, tta=tta)
+    n_params = count_parameters(clf.model if runtime == "torch" else load_model(run_dir).model)
     test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
     result = evaluate(clf, test_images, test_labels)
     config = clf.config
@@ -131,7 +139,8 @@ def evaluate_run(
             ),
         )
     summary = {
-        "architecture": f"{config['architecture']} ({count_parameters(clf.model):,} parameters)",
+        "architecture": f"{config['architecture']} ({n_params:,} parameters)",
+        "runtime": runtime,
         "recipe": config.get("recipe") or "-",
         "epochs completed": training.get("epochs_completed", "-"),
         "checkpoint kept": f"epoch {training.get('best_epoch')} ({training.get('selection', '-')})",

@@ -1,0 +1,109 @@
+"""ONNX export: ONNX Runtime reproduces PyTorch on the test set, for any batch size and every architecture."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_cnn import ModelFolderError, create_model, list_models, load_model
+from mnist_cnn.export import ExportError, export_onnx, verify_onnx
+from mnist_cnn.inference import save_model
+
+
+def test_exported_model_matches_pytorch_on_the_test_set(exported_run, mnist):
+    config = json.loads((exported_run / "config.json").read_text())
+    verified = config["onnx"]["verified"]
+    assert (exported_run / "model.onnx").is_file()
+    assert verified["images"] == 10_000 and verified["max_abs_logit_diff"] <= 1e-4
+    assert verified["labels_disagree"] == 0
+    # An independent check of what verify_onnx recorded.
+    images = mnist.test_images.numpy()
+    torch_probs = load_model(exported_run).predict_proba(images)
+    onnx_probs = load_model(exported_run, runtime="onnxruntime").predict_proba(images)
+    assert np.abs(torch_probs - onnx_probs).max() <= 1e-5
+    assert (onnx_probs.argmax(1) == mnist.test_labels.numpy()).mean() == pytest.approx(
+        config["metrics"]["test_accuracy"]
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000, 1001])
+def test_the_batch_dimension_is_dynamic(exported_run, mnist, batch):
+    images = mnist.test_images[:batch].numpy()
+    clf = load_model(exported_run, runtime="onnxruntime")
+    probs = clf.predict_proba(images, batch_size=1000)
+    assert probs.shape == (batch, 10)
+    np.testing.assert_allclose(probs, load_model(exported_run).predict_proba(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_architecture_exports(tmp_path, name):
+    torch.manual_seed(0)
+    folder = save_model(tmp_path / name, create_model(name), {"architecture": name})
+    export_onnx(folder)
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    assert verify_onnx(folder, images) <= 1e-4
+
+
+def test_onnx_runtime_refuses_bad_input_like_pytorch(exported_run):
+    clf = load_model(exported_run, runtime="onnxruntime")
+    with pytest.raises(ValueError, match="float images must be in 0-1"):
+        clf.predict(np.full((28, 28), 2.0, np.float32))
+    assert clf.predict(np.zeros((0, 28, 28), np.uint8)).shape == (0,)
+
+
+def test_missing_or_stale_onnx_file_gets_a_clear_error(tmp_path, exported_run):
+    torch.manual_seed(0)
+    folder = save_model(tmp_path / "m", create_model("basic"), {"architecture": "basic"})
+    with pytest.raises(ModelFolderError, match="has no model.onnx; create it with: mnist-cnn export"):
+        load_model(folder, runtime="onnxruntime")
+    export_onnx(folder)
+    torch.manual_seed(1)
+    save_model(folder, create_model("basic"), {**json.loads((folder / "config.json").read_text())})  # retrained
+    with pytest.raises(ModelFolderError, match="exported from other weights.*re-export"):
+        load_model(folder, runtime="onnxruntime")
+    (folder / "model.onnx").write_bytes(b"not a model")
+    (folder / "config.json").write_text(json.dumps({"architecture": "basic"}))
+    with pytest.raises(ModelFolderError, match="cannot be loaded by ONNX Runtime"):
+        load_model(folder, runtime="onnxruntime")
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        load_model(folder, runtime="tensorrt")
+
+
+def test_verify_fails_when_the_onnx_file_is_another_model(tmp_path):
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folders.append(save_model(tmp_path / str(seed), create_model("dropout"), {"architecture": "dropout"}))
+        export_onnx(folders[-1])
+    (folders[0] / "model.onnx").write_bytes((folders[1] / "model.onnx").read_bytes())
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    with pytest.raises(ExportError, match="differs from PyTorch by up to .* \\(more than 0.0001\\)"):
+        verify_onnx(folders[0], images)
+
+
+def _cli(*args, env_data):
+    env = {**os.environ, "MNIST_CNN_DATA": str(env_data)}
+    return subprocess.run([sys.executable, "-m", "mnist_cnn", *args], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tmp_path, trained_run, mnist_dir, mnist):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run[0].run_dir, folder)
+    r = _cli("predict", str(folder), "x.png", "--runtime", "onnxruntime", env_data=mnist_dir)
+    assert r.returncode == 2 and "no model.onnx; create it with: mnist-cnn export" in r.stderr
+    r = _cli("export", str(folder), "--format", "onnx", env_data=mnist_dir)
+    assert r.returncode == 0, r.stderr
+    assert "ONNX Runtime matches PyTorch on the 10,000 test images" in r.stdout
+    digit = tmp_path / "digit.png"
+    Image.fromarray(255 - mnist.test_images[0].numpy()).save(digit)  # dark on light, like a scan
+    out = {rt: _cli("predict", str(folder), str(digit), "--json", "--runtime", rt, env_data=mnist_dir) for rt in ("torch", "onnxruntime")}  # fmt: skip
+    answers = {rt: json.loads(r.stdout) for rt, r in out.items()}
+    assert answers["torch"]["label"] == answers["onnxruntime"]["label"] == int(mnist.test_labels[0])
+    np.testing.assert_allclose(answers["torch"]["probabilities"], answers["onnxruntime"]["probabilities"], atol=2e-6)

@@ -1,0 +1,293 @@
+"""The REST service through its app factory: every endpoint, limit and error code; same answers as load_model."""
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mnist_cnn import load_model
+from mnist_cnn.preprocess import load_image
+from mnist_cnn.serve import Settings, create_app
+
+
+def _ready(client: TestClient) -> TestClient:
+    for _ in range(400):
+        if client.get("/readyz").status_code == 200:
+            return client
+        time.sleep(0.025)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "torch"])
+def client(request, exported_run):
+    with TestClient(create_app(exported_run, Settings(runtime=request.param))) as c:
+        yield _ready(c)
+
+
+@pytest.fixture(scope="module")
+def strict(exported_run):
+    """Small limits, to test them with small requests."""
+    settings = Settings(max_body_bytes=4096, max_image_pixels=10_000, image_formats="PNG,JPEG")
+    with TestClient(create_app(exported_run, settings)) as c:
+        yield _ready(c)
+
+
+def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_json_pixels_give_exactly_what_load_model_gives(client, exported_run, mnist):
+    runtime = client.app.state.service.settings.runtime
+    clf = load_model(exported_run, runtime=runtime)
+    images = mnist.test_images[:24].numpy()
+    expected = clf.predict_proba(images)
+    for i, image in enumerate(images):
+        layout = image.tolist() if i % 2 else image.ravel().tolist()  # 28x28 nested, or 784 flat
+        r = client.post("/v1/predict", json={"pixels": layout})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["label"] == int(clf.predict(image)[0]) == int(expected[i].argmax())
+        np.testing.assert_allclose(body["probabilities"], expected[i], atol=1e-6)
+        assert body["confidence"] == pytest.approx(max(body["probabilities"]))
+        assert body["confident"] == (body["confidence"] >= 0.7)
+        assert np.array_equal(np.array(body["input"], np.uint8), image)
+
+
+def test_values_in_0_1_and_an_explicit_scale(client, exported_run, mnist):
+    clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
+    image = mnist.test_images[3].numpy()
+    scaled = (image / 255.0).tolist()
+    expected = clf.predict_proba(image / 255.0)[0]
+    for body in ({"pixels": scaled}, {"pixels": scaled, "scale": 1}):
+        r = client.post("/v1/predict", json=body)
+        np.testing.assert_allclose(r.json()["probabilities"], expected, atol=1e-6)
+    # A nearly blank 0-255 image with values 0 and 1 only: scale=255 says how to read it.
+    faint = {"pixels": [0, 1] * 392, "scale": 255}
+    r = client.post("/v1/predict", json=faint)
+    assert r.status_code == 200 and max(max(row) for row in r.json()["input"]) == 1
+
+
+def test_an_uploaded_image_goes_through_the_package_preprocessing(client, exported_run, mnist, tmp_path):
+    clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
+    for i in range(4):
+        scan = np.kron(255 - mnist.test_images[i].numpy(), np.ones((4, 4), np.uint8))  # 112x112, dark on light
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(png(scan))
+        expected = clf.predict_proba(load_image(path))[0]
+        r = client.post("/v1/predict", files={"image": ("digit.png", path.read_bytes(), "image/png")})
+        assert r.status_code == 200, r.text
+        assert r.json()["label"] == int(expected.argmax()) == int(mnist.test_labels[i])
+        np.testing.assert_allclose(r.json()["probabilities"], expected, atol=1e-6)
+        assert np.array_equal(np.array(r.json()["input"], np.uint8), load_image(path))
+
+
+@pytest.mark.parametrize("body,status,field,message", [
+    (b"{", 422, "body", "not valid JSON"),
+    (b"[1, 2]", 422, "body", "must be a JSON object"),
+    (b"{}", 422, "pixels", "pixels is required"),
+    (b'{"pixels": [], "colour": 1}', 422, "colour", "unknown field 'colour'"),
+    (b'{"pixels": "abc"}', 422, "pixels", "got a string"),
+    (json.dumps({"pixels": [0] * 783}).encode(), 422, "pixels", "got a list of 783"),
+    (json.dumps({"pixels": [[0] * 28] * 27 + [[0] * 27]}).encode(), 422, "pixels[27]", "must hold 28 numbers; got 27"),
+    (json.dumps({"pixels": [0] * 100 + ["7"] + [0] * 683}).encode(), 422, "pixels[100]", "must be a number; got a string"),  # fmt: skip
+    (json.dumps({"pixels": [0] * 5 + [True] + [0] * 778}).encode(), 422, "pixels[5]", "got a boolean"),
+    (json.dumps({"pixels": [None] * 784}).encode(), 422, "pixels[0]", "got null"),
+    (json.dumps({"pixels": [[0] * 28] * 3 + [[0] * 27 + [-1]] + [[0] * 28] * 24}).encode(), 422, "pixels[3][27]", "must not be negative"),  # fmt: skip
+    (json.dumps({"pixels": [0] * 783 + [256]}).encode(), 422, "pixels[783]", "at most 255"),
+    (json.dumps({"pixels": [0] * 783 + [1.5], "scale": 1}).encode(), 422, "pixels[783]", "at most 1"),
+    (json.dumps({"pixels": [0] * 784, "scale": 100}).encode(), 422, "scale", "must be 255"),
+    (b'{"pixels": [1e400]}', 422, "body", "not valid JSON"),
+])  # fmt: skip
+def test_malformed_or_out_of_range_json_is_a_422_naming_the_field(client, body, status, field, message):
+    r = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    assert r.json()["field"] == field and message in r.json()["detail"]
+
+
+def test_body_larger_than_the_limit_is_a_413(strict):
+    big = json.dumps({"pixels": [255.0] * 784}).encode()  # ~4.7 KB > 4,096
+    r = strict.post("/v1/predict", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than the limit of 4,096 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = strict.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = strict.post("/v1/predict", json={"pixels": [0] * 784})  # small enough: still works
+    assert r.status_code == 200
+
+
+def test_default_body_limit_is_one_mib(client):
+    r = client.post("/v1/predict", content=b" " * (1 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 422  # exactly 1 MiB is allowed (and is not JSON)
+    r = client.post("/v1/predict", content=b" " * ((1 << 20) + 1), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_image_limits_formats_and_broken_files(strict):
+    ok = strict.post("/v1/predict", files={"image": ("a.png", png(np.zeros((50, 50), np.uint8)), "image/png")})
+    assert ok.status_code == 200
+    r = strict.post("/v1/predict", files={"image": ("a.png", png(np.zeros((101, 100), np.uint8)), "image/png")})
+    assert r.status_code == 413 and "100x101 pixels" in r.json()["detail"] and "10,000" in r.json()["detail"]
+    r = strict.post("/v1/predict", files={"image": ("a.bmp", png(np.zeros((20, 20), np.uint8), "BMP"), "image/bmp")})
+    assert r.status_code == 415 and "BMP is not accepted" in r.json()["detail"]
+    r = strict.post("/v1/predict", files={"image": ("a.txt", b"hello, not an image", "text/plain")})
+    assert r.status_code == 415 and r.json()["field"] == "image"
+    truncated = png(np.random.default_rng(0).integers(0, 255, (60, 60), dtype=np.uint8))[:300]
+    r = strict.post("/v1/predict", files={"image": ("a.png", truncated, "image/png")})
+    assert r.status_code == 422 and "cannot be decoded" in r.json()["detail"]
+    r = strict.post("/v1/predict", files={"image": ("a.png", b"", "image/png")})
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    r = strict.post("/v1/predict", files={"photo": ("a.png", b"x", "image/png")})
+    assert r.status_code == 422 and "field named 'image'" in r.json()["detail"] and "'photo'" in r.json()["detail"]
+    r = strict.post(
+        "/v1/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert r.status_code in (400, 422)
+
+
+def test_content_types_outside_the_allow_list_are_a_415(client):
+    for ctype in ("text/plain", "application/xml", "image/png", ""):
+        r = client.post("/v1/predict", content=b"123", headers={"content-type": ctype})
+        assert r.status_code == 415 and "application/json or multipart/form-data" in r.json()["detail"]
+
+
+def test_queue_full_is_a_503_with_retry_after_and_others_still_succeed(exported_run, mnist):
+    settings = Settings(runtime="torch", max_queue=1, retry_after_s=2)
+    release = threading.Event()
+    with TestClient(create_app(exported_run, settings)) as c:
+        _ready(c)
+        service = c.app.state.service
+        real = service.batcher._predict
+
+        def slow(batch):
+            release.wait(10)
+            return real(batch)
+
+        service.batcher._predict = slow
+        results = {}
+        body = {"pixels": mnist.test_images[0].numpy().tolist()}
+
+        def send(key):
+            results[key] = c.post("/v1/predict", json=body)
+
+        first = threading.Thread(target=send, args=("first",))
+        first.start()
+        time.sleep(0.3)  # taken by the worker, which now waits
+        second = threading.Thread(target=send, args=("second",))
+        second.start()
+        time.sleep(0.3)  # waiting in the queue: the queue is full
+        third = c.post("/v1/predict", json=body)
+        assert third.status_code == 503 and third.headers["retry-after"] == "2"
+        assert "retry" in third.json()["detail"]
+        release.set()
+        first.join(10)
+        second.join(10)
+        assert results["first"].status_code == results["second"].status_code == 200
+        assert results["first"].json()["label"] == int(mnist.test_labels[0])
+
+
+def test_readyz_is_503_until_the_model_is_loaded(exported_run, mnist, monkeypatch):
+    from mnist_cnn.serve import Service
+
+    gate = threading.Event()
+    real = Service._load
+
+    def slow_load(self):
+        gate.wait(10)
+        return real(self)
+
+    monkeypatch.setattr(Service, "_load", slow_load)
+    with TestClient(create_app(exported_run, Settings(retry_after_s=3))) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        r = c.post("/v1/predict", json={"pixels": [0] * 784})
+        assert r.status_code == 503 and "loading" in r.json()["detail"]
+        gate.set()
+        _ready(c)
+        assert c.post("/v1/predict", json={"pixels": [0] * 784}).status_code == 200
+
+
+def test_a_model_that_cannot_load_keeps_readyz_at_503_with_the_reason(exported_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(exported_run, folder)
+    (folder / "model.onnx").unlink()
+    with TestClient(create_app(folder, Settings(runtime="onnxruntime"))) as c:
+        for _ in range(200):
+            r = c.get("/readyz")
+            if "could not be loaded" in r.text:
+                break
+            time.sleep(0.025)
+        assert r.status_code == 503 and "no model.onnx" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+
+
+def test_model_info(client, exported_run):
+    info = client.get("/v1/model").json()
+    config = json.loads((exported_run / "config.json").read_text())
+    assert info["architecture"] == "basic" and info["parameters"] == 225_034
+    assert info["metrics"]["test_accuracy"] == config["metrics"]["test_accuracy"]
+    assert info["runtime"] == client.app.state.service.settings.runtime
+    assert info["versions"]["serving"]["mnist_cnn"] and info["versions"]["torch"]
+    assert info["limits"]["max_body_bytes"] == 1 << 20 and "PNG" in info["limits"]["image_formats"]
+    assert info["onnx"]["verified"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_read_is_not_available_yet(client):
+    r = client.post("/v1/read", files={"image": ("a.png", png(np.zeros((20, 60), np.uint8)), "image/png")})
+    assert r.status_code == 501 and "not available" in r.json()["detail"]
+
+
+def test_openapi_docs_and_the_page(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert {"413", "415", "422", "503"} <= set(spec["paths"]["/v1/predict"]["post"]["responses"])
+    assert {"/healthz", "/readyz", "/v1/model", "/v1/read"} <= set(spec["paths"])
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text
+    for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(ctype)
+        assert _external_urls(r.text) == []  # works offline: no CDN
+    assert _external_urls(page.text) == []
+    assert client.get("/static/secrets.txt").status_code == 404
+    assert client.get("/static/..%2Fserve.py").status_code == 404
+
+
+def _external_urls(text: str) -> list[str]:
+    return [u for u in re.findall(r"https?://[^\s\"')]+", text) if u != "http://www.w3.org/2000/svg"]
+
+
+def test_each_request_writes_one_structured_access_log_line(client, caplog):
+    with caplog.at_level(logging.INFO, logger="mnist_cnn.access"):
+        client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
+        client.get("/healthz")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mnist_cnn.access"]
+    assert [(x["method"], x["path"], x["status"]) for x in lines[-2:]] == [("POST", "/v1/predict", 422), ("GET", "/healthz", 200)]  # fmt: skip
+    assert lines[-2]["bytes_in"] == 1 and lines[-1]["ms"] >= 0
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Settings(runtime="tpu")
+    with pytest.raises(ValueError, match="max_queue must be at least 1"):
+        Settings(max_queue=0)
+    with pytest.raises(ValueError, match="min_confidence"):
+        Settings(min_confidence=1.5)

@@ -1,0 +1,108 @@
+"""`mnist-cnn serve` as a real process on loopback: a load smoke test, graceful shutdown, start-up errors."""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+serve_load = _load_benchmark()
+
+
+def start_server(run, *flags):
+    port = serve_load.free_port()
+    cmd = [sys.executable, "-m", "mnist_cnn", "serve", str(run), "--port", str(port), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve_load.wait_ready(url, timeout=120, proc=proc)
+    except RuntimeError:
+        proc.kill()
+        raise AssertionError(f"server did not start: {proc.communicate()[1][-2000:]}") from None
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def server(exported_run):
+    proc, url = start_server(exported_run, "--no-access-log")
+    yield url
+    proc.terminate()
+    proc.communicate(timeout=30)
+
+
+def test_load_smoke_a_few_hundred_requests_at_concurrency_8(server):
+    import asyncio
+
+    bodies = serve_load.pixel_bodies(32)
+    result = asyncio.run(serve_load.level(server, 8, 400, bodies))
+    assert result["requests"] == 400 and result["errors"] == 0, result
+    with urllib.request.urlopen(server + "/v1/model") as r:
+        batches = json.load(r)["batches"]
+    assert batches["images"] >= 400  # every request went through the micro-batcher
+
+
+def test_graceful_shutdown_lets_in_flight_requests_finish(exported_run):
+    # Each forward pass waits 1.5 s for more requests, so a request is surely in flight at SIGTERM.
+    proc, url = start_server(exported_run, "--batch-wait-ms", "1500", "--runtime", "torch")
+    answer = {}
+
+    def send():
+        req = urllib.request.Request(url + "/v1/predict", data=json.dumps({"pixels": [0] * 784}).encode(),
+                                     headers={"content-type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer["status"], answer["body"] = r.status, json.load(r)
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    t.join(30)
+    _, stderr = proc.communicate(timeout=30)
+    assert answer.get("status") == 200 and 0 <= answer["body"]["label"] <= 9
+    # uvicorn re-raises the signal once it has shut down cleanly, so the status is "terminated by SIGTERM".
+    assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in stderr
+    access = [json.loads(line) for line in stderr.splitlines() if line.startswith('{"method"')]
+    assert any(a["path"] == "/v1/predict" and a["status"] == 200 and a["ms"] > 1000 for a in access), stderr[-2000:]
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "/healthz", timeout=2)
+
+
+def test_start_up_errors_are_one_line_without_traceback(tmp_path, exported_run):
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "mnist_cnn", "serve", *args], capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    r = serve(str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    folder = tmp_path / "no-onnx"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (folder / name).write_bytes((exported_run / name).read_bytes())
+    r = serve(str(folder))
+    assert r.returncode == 2 and "mnist-cnn export" in r.stderr and "Traceback" not in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = serve(str(exported_run), "--port", str(busy.getsockname()[1]), "--runtime", "torch")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    r = serve(str(exported_run), "--max-queue", "0")
+    assert r.returncode == 2 and "max_queue must be at least 1" in r.stderr
+    assert os.environ.get("PYTEST_CURRENT_TEST")  # sanity: ran under pytest

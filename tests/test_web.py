@@ -1,0 +1,154 @@
+"""The drawing page in real headless Chromium (Debian's, driven by Playwright) against `mnist-cnn serve`.
+
+Draws a 1 and a 7 with mouse strokes, checks the prediction, the bars and the 28x28 preview,
+undo/clear, keyboard use and an upload; saves the screenshot the README shows.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_serve_process import start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") or os.environ.get("MNIST_CNN_REQUIRE_DATA"):
+            pytest.fail("chromium is not installed: run 'make browser' (apt-get install chromium)")
+        pytest.skip("chromium is not installed (make browser installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(exported_run):
+    proc, url = start_server(exported_run)
+    yield url
+    proc.terminate()
+    proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 900, "height": 640}, device_scale_factor=1)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    page.wait_for_selector("#bars li")
+    yield page
+    context.close()
+    assert errors == [], errors
+
+
+def draw(page, strokes):
+    """Mouse strokes in 0-1 coordinates of the canvas."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=12)
+        page.mouse.up()
+
+
+def shown(page) -> dict:
+    """What the page shows: the predicted digit, the status, the bars' percentages and the preview's ink."""
+    return page.evaluate("""() => ({
+        label: document.querySelector('#prediction').textContent,
+        status: document.querySelector('#status').textContent,
+        state: document.querySelector('#status').dataset.state,
+        bars: [...document.querySelectorAll('#bars li')].map(li => parseFloat(li.querySelector('.track').getAttribute('aria-valuenow'))),
+        widths: [...document.querySelectorAll('#bars .fill')].map(f => f.getBoundingClientRect().width),
+        top: [...document.querySelectorAll('#bars li.top')].map(li => li.dataset.digit),
+        ink: Array.from(document.querySelector('#seen').getContext('2d').getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 == 0).reduce((a, b) => a + b, 0),
+    })""")  # fmt: skip
+
+
+def wait_for_label(page, previous=""):
+    page.wait_for_function(
+        "prev => document.querySelector('#status').dataset.state !== 'empty' && "
+        "document.querySelector('#prediction').textContent !== prev", arg=previous, timeout=15000
+    )  # fmt: skip
+    page.wait_for_timeout(400)  # let a last debounced answer land
+
+
+ONE = [[(0.5, 0.2), (0.5, 0.8)]]
+SEVEN = [[(0.3, 0.22), (0.7, 0.22), (0.45, 0.8)]]
+
+
+def test_drawing_a_1_and_a_7(page):
+    assert page.locator("#status").inner_text() == "draw a digit"
+    draw(page, ONE)
+    wait_for_label(page)
+    one = shown(page)
+    assert one["label"] == "1" and one["top"] == ["1"]
+    assert one["bars"][1] == max(one["bars"]) and sum(one["bars"]) == pytest.approx(100, abs=1)
+    assert one["widths"][1] > 5 * max(one["widths"][d] for d in range(10) if d != 1)  # the bar is drawn
+    assert one["ink"] > 0  # the 28x28 the model saw is shown
+
+    page.click("#clear")
+    assert shown(page)["state"] == "empty" and page.locator("#status").inner_text() == "draw a digit"
+    draw(page, SEVEN)
+    wait_for_label(page)
+    seven = shown(page)
+    assert seven["label"] == "7" and seven["top"] == ["7"] and seven["bars"][7] == max(seven["bars"])
+    page.screenshot(path=str(ROOT / "docs" / "images" / "web-page.png"))
+
+
+def test_undo_and_keyboard(page):
+    draw(page, SEVEN)
+    wait_for_label(page)
+    draw(page, [[(0.35, 0.5), (0.6, 0.5)]])  # a crossbar
+    page.keyboard.press("Control+z")  # undo the crossbar: still a 7
+    page.wait_for_timeout(600)
+    assert shown(page)["label"] == "7"
+    page.focus("#undo")
+    page.keyboard.press("Enter")  # undo the 7 itself: empty again
+    page.wait_for_function("document.querySelector('#status').dataset.state === 'empty'")
+    draw(page, ONE)
+    wait_for_label(page)
+    page.keyboard.press("Escape")
+    page.wait_for_function("document.querySelector('#status').dataset.state === 'empty'")
+    # Every control is reachable with Tab.
+    reached = set()
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        reached.add(page.evaluate("document.activeElement.id"))
+    assert {"pad", "undo", "clear", "file"} <= reached
+
+
+def test_uploading_a_photo(page, mnist, tmp_path):
+    digit = np.kron(255 - mnist.test_images[0].numpy(), np.ones((8, 8), np.uint8))  # a 224x224 "scan"
+    path = tmp_path / "scan.png"
+    Image.fromarray(digit).convert("RGB").save(path)
+    page.set_input_files("#file", str(path))
+    wait_for_label(page)
+    result = shown(page)
+    assert result["label"] == str(int(mnist.test_labels[0])) and "scan.png" in result["status"]
+    page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
+    page.wait_for_function("document.querySelector('#status').dataset.state === 'error'")
+    assert "not an image" in page.locator("#status").inner_text()
+
+
+def test_the_page_fits_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=3, is_mobile=True, has_touch=True)  # fmt: skip
+    page = context.new_page()
+    page.goto(server)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    pad = page.locator("#pad").bounding_box()
+    context.close()
+    assert width <= 390 and 300 <= pad["width"] <= 390
