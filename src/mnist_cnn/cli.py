@@ -1,7 +1,8 @@
 """The ``mnist-cnn`` command. Only this module prints and chooses exit codes.
 
-Exit status: 0 success; 1 some inputs failed (e.g. a file ``predict`` could not read);
-2 a usage or data error (bad flag, missing data folder, corrupt file); 130 interrupted.
+Exit status: 0 success; 1 some inputs failed (a file ``predict`` or ``read`` could not read; the
+others are still processed, and an image with no ink is an answer — "no digit found" — not a
+failure); 2 a usage or data error (bad flag, missing data folder, corrupt file); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 
 from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from .errors import MnistCnnError
+
+# reading.DEFAULT_MIN_CONFIDENCE (a test keeps them equal); not imported, so `mnist-cnn --help` stays fast.
+DEFAULT_MIN_CONFIDENCE = 0.5
 
 log = logging.getLogger("mnist_cnn")
 
@@ -106,6 +110,16 @@ def _add_verbosity_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="only warnings and errors (default: off)")  # fmt: skip
 
 
+def _add_batch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["text", "csv", "jsonl"], default=None,
+                   help="output: readable lines, CSV, or JSON Lines (default: text)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="the same as --format jsonl (default: off)")
+    p.add_argument("--out", type=Path, default=None, help="write the results to this file (default: standard output)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: shown on a terminal for many files)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnist-cnn", description="Train, evaluate and use CNNs that read handwritten digits."
@@ -153,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     _add_runtime_flags(p)
 
-    p = sub.add_parser("predict", parents=[common], help="predict the digit in image files (PNG, JPEG, ...)")
+    p = sub.add_parser("predict", parents=[common], help="predict the digit in image files or folders (PNG, JPEG, ...)")
     p.add_argument("run", type=Path, help="run (model) folder")
-    p.add_argument("images", type=Path, nargs="+", help="image files")
-    p.add_argument("--json", action="store_true", help="one JSON object per file (default: readable lines)")
+    p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
+    _add_batch_flags(p)
     _add_tta_flag(p)
     _add_runtime_flags(p)
     _add_inference_runtime_flag(p)
@@ -178,6 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graceful-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on shutdown (default: 10)")  # fmt: skip
     _add_serve_flags(p)
+
+    p = sub.add_parser(
+        "read", parents=[common], help="read the number(s) in images: every digit, left to right, line by line"
+    )
+    p.add_argument("run", type=Path, help="run (model) folder")
+    p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                   help=f"digits less probable than this are shown as '?' (default: {DEFAULT_MIN_CONFIDENCE})")  # fmt: skip
+    _add_batch_flags(p)
+    _add_tta_flag(p)
+    _add_runtime_flags(p)
+
+    p = sub.add_parser(
+        "preprocess", parents=[common], help="show what the model sees: an image in MNIST format (28x28)"
+    )
+    p.add_argument("image", type=Path, help="image file")
+    p.add_argument("--out", type=Path, default=None, help="PNG file to write the 28x28 result to (default: none)")
+    p.add_argument(
+        "--json", action="store_true", help="print the record of what was done as JSON (default: readable lines)"
+    )
+
+    p = sub.add_parser(
+        "calibrate", parents=[common],
+        help="fit the temperature on the run's validation split; report the test-set calibration error before and after",
+    )  # fmt: skip
+    p.add_argument("run", type=Path, help="run (model) folder")
+    _add_data_flags(p)
+    _add_runtime_flags(p)
 
     p = sub.add_parser("show", parents=[common], help="save a grid of sample digits")
     p.add_argument("--out", type=Path, default=Path("digits.png"), help="PNG file to write (default: digits.png)")
@@ -263,37 +305,161 @@ def cmd_ensemble(args) -> int:
     return _evaluate_and_print(out, data, args)
 
 
-def cmd_predict(args) -> int:
-    import numpy as np
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate_run
+    from .evaluate import calibration_line, evaluate_run
+    from .inference import read_config
+    from .train import configure_threads
 
+    read_config(args.run)
+    configure_threads(args.threads)
+    data = _load_data(args)
+    record = calibrate_run(args.run, data, device=args.device)
+    metrics = evaluate_run(args.run, data, device=args.device, calibrate=False)
+    print(f"temperature {record['temperature']:.4f}, fitted on the {record['fitted_on']}")
+    print(f"validation: NLL {record['val_nll_before']:.4f} -> {record['val_nll_after']:.4f}, "
+          f"ECE {record['val_ece_before']:.4f} -> {record['val_ece_after']:.4f}")  # fmt: skip
+    print(calibration_line(metrics))
+    print(f"saved in {args.run / 'config.json'}; report: {args.run / 'report.html'}")
+    return 0
+
+
+class _Output:
+    """Rows to standard output or a file, as readable lines, CSV or JSON Lines."""
+
+    def __init__(self, args, columns: list[str]):
+        self.format = "jsonl" if args.json else args.format or "text"
+        self.columns = columns
+        self.file = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+        self.csv = None
+        if self.format == "csv":
+            import csv
+
+            self.csv = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
+            self.csv.writeheader()
+
+    def write(self, row: dict, text: str) -> None:
+        if self.format == "jsonl":
+            self.file.write(json.dumps(row) + "\n")
+        elif self.csv is not None:
+            flat = {**row, **{f"p{d}": p for d, p in enumerate(row.get("probabilities") or [])}}
+            self.csv.writerow({k: ("" if flat.get(k) is None else flat[k]) for k in self.columns})
+        else:
+            self.file.write(text + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not sys.stdout:
+            self.file.close()
+
+
+def _batch(args, columns: list[str], handle) -> int:
+    """Run ``handle(path) -> (row, text)`` on every image; count failures, never stop the batch."""
+    from tqdm.auto import tqdm
+
+    from .preprocess import find_images
+
+    paths = find_images(args.images)
+    out = _Output(args, columns)
+    failures = 0
+    bar = tqdm(
+        paths, unit="image", disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty(), file=sys.stderr
+    )
+    try:
+        for path in bar:
+            try:
+                row, text = handle(path)
+            except MnistCnnError as exc:  # one bad file is reported and counted, the batch goes on
+                failures += 1
+                bar.write(f"error: {exc}", file=sys.stderr)
+                row, text = {"file": str(path), "error": str(exc)}, f"{path}: error: {exc}"
+            out.write(row, text)
+    finally:
+        bar.close()
+        out.close()
+    if failures:
+        print(f"{failures} of {len(paths)} file(s) could not be read", file=sys.stderr)
+    if args.out:
+        print(f"wrote {len(paths)} result(s) to {args.out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _classifier(args):
     from .inference import load_model
-    from .preprocess import load_image
     from .train import configure_threads
 
     configure_threads(args.threads)
-    clf = load_model(
-        args.run, device="cpu" if args.device == "auto" else args.device, runtime=args.runtime, tta=args.tta
+    return load_model(
+        args.run,
+        device="cpu" if args.device == "auto" else args.device,
+        runtime=getattr(args, "runtime", "torch"),
+        tta=getattr(args, "tta", False),
     )
-    failures = 0
-    for path in args.images:
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from .preprocess import NoDigitError, preprocess_image
+
+    clf = _classifier(args)
+
+    def handle(path):
         try:
-            image = load_image(path)
-        except MnistCnnError as exc:
-            failures += 1
-            print(f"error: {exc}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"file": str(path), "error": str(exc)}))
-            continue
+            image = preprocess_image(path).array
+        except NoDigitError:
+            return {"file": str(path), "label": None, "no_digit": True}, f"{path}: no digit found"
         probs = clf.predict_proba(image)[0]
         label = int(np.argmax(probs))
-        if args.json:
-            print(json.dumps({"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
-                              "probabilities": [round(float(p), 6) for p in probs]}))  # fmt: skip
-        else:
-            print(f"{path}: {clf.labels[label]} (p={probs[label]:.3f})")
-    if failures:
-        print(f"{failures} of {len(args.images)} file(s) could not be read", file=sys.stderr)
-    return 1 if failures else 0
+        row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
+               "probabilities": [round(float(p), 6) for p in probs]}  # fmt: skip
+        return row, f"{path}: {clf.labels[label]} (p={probs[label]:.3f})"
+
+    columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "no_digit", "error"]
+    return _batch(args, columns, handle)
+
+
+def cmd_read(args) -> int:
+    from .reading import read_digits
+
+    if not 0 <= args.min_confidence <= 1:
+        raise ValueError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    clf = _classifier(args)
+
+    def handle(path):
+        reading = read_digits(clf, path, min_confidence=args.min_confidence)
+        row = {"file": str(path), **reading.to_dict()}
+        if not reading.found:
+            return row, f"{path}: no digit found"
+        row["count"] = len(reading.digits)
+        row["min_digit_confidence"] = round(min(d.confidence for d in reading.digits), 6)
+        row["uncertain"] = sum(d.uncertain for d in reading.digits)
+        confidences = " ".join(f"{d.confidence:.2f}" for d in reading.digits)
+        return row, f"{path}: {' / '.join(reading.lines)}  (confidence per digit: {confidences})"
+
+    columns = ["file", "text", "found", "count", "uncertain", "min_digit_confidence", "error"]
+    return _batch(args, columns, handle)
+
+
+def cmd_preprocess(args) -> int:
+    from PIL import Image
+
+    from .preprocess import preprocess_image
+
+    result = preprocess_image(args.image)
+    if args.out:
+        Image.fromarray(result.array).save(args.out)
+    record = result.record.to_dict()
+    if args.json:
+        print(json.dumps(record))
+    else:
+        width = max(map(len, record))
+        for key, value in record.items():
+            if value not in (None, [], ""):
+                print(f"{key:<{width}}  {value}")
+    if args.out:
+        print(f"wrote {args.out} (28x28, white digit on black: what the model sees)", file=sys.stderr)
+    return 0
 
 
 def cmd_export(args) -> int:
@@ -350,6 +516,9 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "serve": cmd_serve,
+    "read": cmd_read,
+    "preprocess": cmd_preprocess,
+    "calibrate": cmd_calibrate,
     "show": cmd_show,
     "recipes": cmd_recipes,
 }

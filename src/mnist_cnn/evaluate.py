@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from . import report
+from .calibrate import ECE_BINS, CalibrationError, calibrate_run, expected_calibration_error
 from .config import TrainConfig
 from .data import MNIST, split_validation
-from .inference import CONFIG, Classifier, load_model, write_json
+from .inference import CONFIG, Classifier, load_model, read_config, write_json
 from .models import count_parameters
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,23 @@ class Evaluation:
 def evaluate(
     clf: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 1000
 ) -> Evaluation:
-    """Accuracy, loss, per-class precision/recall/F1, confusion matrix and the misclassified indices."""
+    """Accuracy, loss, calibration error, per-class precision/recall/F1, confusion matrix and the misclassified indices.
+
+    ``test_loss`` is on the raw logits (comparable across runs); ``probs`` and ``test_ece`` use the
+    model's calibrated temperature, ``test_ece_uncalibrated`` the raw softmax.
+    """
     labels = np.asarray(labels)
     logits = clf.logits(images, batch_size)
-    probs = torch.softmax(logits, 1).numpy()
+    probs = torch.softmax(logits / clf.temperature, 1).numpy()
     preds = probs.argmax(1)
     names = clf.labels
     metrics = {
         "test_accuracy": float(accuracy_score(labels, preds)),
         "test_loss": float(F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long)).item()),
         "test_images": int(len(labels)),
+        "temperature": clf.temperature,
+        "test_ece_uncalibrated": expected_calibration_error(torch.softmax(logits, 1).numpy(), labels),
+        "test_ece": expected_calibration_error(probs, labels),
         "classification_report": classification_report(
             labels, preds, labels=list(range(len(names))), target_names=names, output_dict=True, zero_division=0
         ),
@@ -64,6 +72,8 @@ def format_metrics(metrics: dict) -> str:
         m = report_rows[name]
         lines.append(f"{name:>12} {m['precision']:9.4f} {m['recall']:9.4f} {m['f1-score']:9.4f} {int(m['support']):9d}")
     lines.append(f"{'accuracy':>12} {metrics['test_accuracy']:29.4f} {metrics['test_images']:9d}")
+    if "test_ece" in metrics:
+        lines += ["", calibration_line(metrics)]
     lines += ["", "confusion matrix (rows: actual, columns: predicted)", "      " + "".join(f"{n:>6}" for n in names)]
     lines += [
         f"{n:>6}" + "".join(f"{v:6d}" for v in row) for n, row in zip(names, metrics["confusion_matrix"], strict=True)
@@ -77,6 +87,13 @@ def validation_set(data: MNIST, train_config: dict) -> tuple[torch.Tensor, torch
     return (data.train_images[val_idx], data.train_labels[val_idx]) if len(val_idx) else None
 
 
+def calibration_line(metrics: dict) -> str:
+    ece = f"expected calibration error on the test set ({ECE_BINS} bins): {metrics['test_ece_uncalibrated']:.4f}"
+    if metrics.get("temperature", 1.0) == 1.0:
+        return f"{ece} (not calibrated)"
+    return f"{ece} before, {metrics['test_ece']:.4f} after temperature scaling (T={metrics['temperature']:.3f}, fitted on validation)"
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     data: MNIST,
@@ -85,15 +102,26 @@ def evaluate_run(
     seed: int = 0,
     tta: bool = False,
     runtime: str = "torch",
+    calibrate: bool = True,
 ) -> dict:
     """Evaluate the model in ``run_dir`` on the test set; write metrics.json, report.html and figures.
 
-    Also records the headline metrics in the folder's config.json, so they travel with the model.
-    With ``tta`` every prediction averages a few views of the image, and the validation accuracy is
-    measured again with them, so whether TTA helps can be judged without the test set.
-    ``runtime="onnxruntime"`` measures the exported ``model.onnx`` instead of the PyTorch weights.
+    First (with ``calibrate``) fits the temperature on the run's validation split — a few seconds;
+    never on the test set. Also records the headline metrics in the folder's config.json, so they
+    travel with the model. With ``tta`` every prediction averages a few views of the image, and the
+    validation accuracy is measured again with them, so whether TTA helps can be judged without
+    the test set. ``runtime="onnxruntime"`` measures the exported ``model.onnx`` instead of the
+    PyTorch weights.
     """
     run_dir = Path(run_dir)
+    if calibrate:
+        try:
+            calibrate_run(run_dir, data, device=device)
+        except CalibrationError as exc:
+            log.warning("%s", exc)
+            config = read_config(run_dir)
+            config["calibration"] = {"temperature": None, "note": str(exc)}
+            write_json(run_dir / CONFIG, config)
     clf = load_model(run_dir, device=device, runtime=runtime, tta=tta)
     n_params = count_parameters(clf.model if runtime == "torch" else load_model(run_dir).model)
     test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
@@ -112,6 +140,9 @@ def evaluate_run(
         "best_epoch": training.get("best_epoch"),
         "train_seconds": training.get("train_seconds"),
         "tta": tta,
+        "temperature": result.metrics["temperature"],
+        "test_ece_uncalibrated": result.metrics["test_ece_uncalibrated"],
+        "test_ece": result.metrics["test_ece"],
     }
     write_json(run_dir / "metrics.json", {**metrics, **result.metrics})
     config["metrics"] = metrics
@@ -150,6 +181,7 @@ def evaluate_run(
         "test loss": f"{metrics['test_loss']:.4f}",
         "test images": f"{len(test_labels):,}",
         "test-time augmentation": f"yes ({len(clf.model.views)} views)" if tta else "no",
+        "calibration": calibration_line(metrics),
     }
     report.write_html(
         run_dir / "report.html", f"mnist-cnn report: {run_dir.name}", summary,

@@ -143,15 +143,21 @@ class Classifier:
     def normalization(self) -> dict:
         return self.config.get("normalization", MNIST_NORMALIZATION)
 
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before the softmax; fitted on the validation split by ``mnist-cnn calibrate`` (1.0: not calibrated)."""
+        return float((self.config.get("calibration") or {}).get("temperature") or 1.0)
+
     def logits(self, images, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+        """Raw logits, shaped (N, 10), before the temperature."""
         x = to_model_input(images, self.normalization).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return batched_logits(self.model, x, batch_size).cpu()
 
     def predict_proba(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
-        return torch.softmax(self.logits(images, batch_size), dim=1).numpy()
+        """Calibrated class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
+        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
 
     def predict(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Predicted digit per image, shaped (N,)."""

@@ -1,71 +1,451 @@
-"""Turn an image file into MNIST-format input: 28x28 uint8, white digit on black.
+"""Turn any image of a handwritten digit into MNIST-format input: 28x28 uint8, white digit on black.
 
-This is the simple pipeline (greyscale, resize, invert a light background). Everything that
-reads an image — the CLI, the Python API — goes through :func:`load_image`, so they agree.
+MNIST digits were made this way: ink on a clean background, the digit's bounding box scaled so
+its longer side is 20 px (aspect ratio kept, anti-aliased), then placed in a 28x28 frame so that
+its centre of mass sits at the centre. A photo, a scan or a web-canvas drawing looks nothing like
+that until it goes through the same steps, which :func:`preprocess_image` applies:
+
+1. decode (any format and mode Pillow reads; first frame of animations; EXIF orientation applied;
+   the pixel count checked from the header before anything is decoded),
+2. estimate the background (a smooth surface, so uneven lighting goes away) and find which side
+   the ink is on (dark on light paper, or light on dark); invert so ink is bright,
+3. a soft threshold around Otsu's level: paper and noise become 0, solid ink 1, edges stay grey,
+4. drop specks, crop to the ink, scale the longer side to 20 px, centre by mass in 28x28.
+
+>>> from mnist_cnn.preprocess import preprocess_image
+>>> result = preprocess_image("photo.jpg")   # doctest: +SKIP
+>>> result.array.shape, result.record.inverted   # doctest: +SKIP
+((28, 28), True)
+
+Everything that reads an image — the CLI, the Python API, the server — goes through here.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from .errors import MnistCnnError
 
-# Refuse images with more pixels than this before decoding them (decompression bombs).
-MAX_PIXELS = 40_000_000
+# Our own limits, far below Pillow's decompression-bomb threshold (89 Mpx warning, 179 Mpx error):
+# a 48-megapixel phone photo passes, a 20000x20000 "image" is refused from its header.
+MAX_PIXELS = 50_000_000
+MAX_BYTES = 64 * 1024 * 1024
+# Work on at most this many pixels along the longer side: enough for a line of digits, and it
+# bounds the memory and time of everything after decoding.
+WORK_SIDE = 1200
+BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
+CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
+MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full range (20 grey levels)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
 
 class ImageError(MnistCnnError):
-    """A file that is not an image this tool can read."""
+    """Input that is not an image this tool can read (missing, corrupt, hostile, unsupported)."""
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file and return it as MNIST-style (28, 28) uint8, white on black."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+class NoDigitError(ImageError):
+    """The image was read, but holds no ink: nothing to classify (the answer is "no digit found")."""
+
+
+@dataclass
+class PreprocessRecord:
+    """What was done to the image, so a user can see what the model saw and why."""
+
+    source: str = "<image>"
+    format: str | None = None  # as Pillow names it: PNG, JPEG, ...
+    mode: str | None = None  # Pillow mode before conversion: RGB, RGBA, P, 1, I;16, CMYK, ...
+    size: tuple[int, int] = (0, 0)  # (width, height) as stored in the file
+    frames: str = "single"  # "single", or "first of an animation"
+    exif_orientation: int | None = None  # the EXIF tag that was applied (1 = none needed)
+    working_scale: float = 1.0  # large images are reduced to WORK_SIDE before processing
+    inverted: bool = False  # True: dark ink on light paper, turned into white on black
+    background: str = "flat"  # "flat", or "uneven (removed)" when lighting varied across the page
+    threshold: float = 0.0  # Otsu level of the ink map, 0-1 of the full range
+    contrast: float = 0.0  # typical ink level above the paper, 0-1
+    specks_removed: int = 0  # small separate blobs (dust, noise) left out
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # the ink's (left, top, right, bottom) in the image's pixels
+    scale: float = 1.0  # 28x28-frame pixels per image pixel
+    shift: tuple[int, int] = (0, 0)  # (dx, dy) applied to put the centre of mass at the centre
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Preprocessed:
+    array: np.ndarray  # (28, 28) uint8, white digit on black: what the model sees
+    record: PreprocessRecord
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    return getattr(source, "filename", None) or getattr(source, "name", None) or "<image>"
+
+
+def _open(source, name: str) -> Image.Image:
+    """A lazily opened PIL image (header read, pixels not yet decoded)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        if path.is_dir():
+            raise ImageError(f"{name}: is a folder, not an image")
+        if size == 0:
+            raise ImageError(f"{name}: empty (0 bytes), not an image")
+        if size > MAX_BYTES:
+            raise ImageError(f"{name}: {size:,} bytes is more than the limit of {MAX_BYTES:,}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        return Image.open(io.BytesIO(data))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(f"{name}: empty (0 bytes), not an image")
+        if len(source) > MAX_BYTES:
+            raise ImageError(f"{name}: {len(source):,} bytes is more than the limit of {MAX_BYTES:,}")
+        return Image.open(io.BytesIO(bytes(source)))
+    if hasattr(source, "read"):
+        return _open(bytes(source.read(MAX_BYTES + 1)), name)  # never more than the limit in memory
+    raise ImageError(
+        f"{name}: expected a path, bytes, a file object, a PIL image or an array, got {type(source).__name__}"
+    )
+
+
+def _grey_from_pil(img: Image.Image) -> np.ndarray:
+    """Float32 (H, W) in 0-1 from any Pillow mode; transparency becomes a background that contrasts with the ink."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3]
+        lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        if alpha.min() >= 1.0:  # opaque: the alpha channel says nothing
+            return lum
+        # Where it is transparent there is no drawing: that is the background. Put it behind the
+        # drawn pixels in the colour that contrasts with them (black strokes on a transparent canvas
+        # become black on white; white strokes become white on black).
+        weight = alpha.sum()
+        drawn = float((lum * alpha).sum() / weight) if weight > 0 else 0.0
+        paper = 1.0 if drawn < 0.5 else 0.0
+        return lum * alpha + paper * (1 - alpha)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            return np.zeros(arr.shape, np.float32)
+        lo, hi = float(finite.min()), float(finite.max())
+        return (np.clip(np.nan_to_num(arr, nan=lo), lo, hi) - lo).astype(np.float32) / max(hi - lo, 1e-12)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def _grey_from_array(arr: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        mode = "RGBA" if arr.shape[-1] == 4 else "RGB"
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr * (255 if arr.dtype.kind == "f" else 1), 0, 255).astype(np.uint8)
+        return _grey_from_pil(Image.fromarray(arr, mode))
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise ImageError(f"{name}: an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+    if arr.size > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: too many pixels: {arr.shape[1]}x{arr.shape[0]} is more than the limit of {MAX_PIXELS:,}"
+        )
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "ui":
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr, 0, top).astype(np.float32) / top
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{name}: the array holds NaN or infinite values")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageError(f"{name}: float arrays must be in 0-1 (divide by 255, or pass uint8)")
+        return arr.astype(np.float32)
+    raise ImageError(f"{name}: unsupported array dtype {arr.dtype}")
+
+
+def _reduce(grey: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    h, w = grey.shape
+    if max(h, w) <= side:
+        return grey, 1.0
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = Image.fromarray(grey, "F").resize(size, Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32), scale
+
+
+def decode_image(source, *, work_side: int = WORK_SIDE) -> tuple[np.ndarray, PreprocessRecord]:
+    """Decode ``source`` into a float32 greyscale array in 0-1, at most ``work_side`` px on its longer side.
+
+    ``source`` is a path, bytes, a binary file object, a ``PIL.Image`` or a numpy array. Bad input
+    raises :class:`ImageError` with a message naming it; nothing is decoded before the pixel count
+    in the header has been checked.
+    """
+    name = _describe(source)
+    record = PreprocessRecord(source=name)
+    if isinstance(source, np.ndarray):
+        grey = _grey_from_array(source, name)
+        record.size, record.mode = (grey.shape[1], grey.shape[0]), f"array {source.dtype}"
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = source if isinstance(source, Image.Image) else _open(source, name)
+                record.format, record.mode, record.size = img.format, img.mode, img.size
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(
-                        f"{path}: {img.width}x{img.height} pixels is more than the limit of {MAX_PIXELS:,}"
+                        f"{name}: too many pixels: {img.width}x{img.height} is more than the limit of "
+                        f"{MAX_PIXELS:,} (refused before decoding)"
                     )
-                img = ImageOps.exif_transpose(img)
-                grey = _to_grey(img)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: refused, too many pixels ({exc})") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data inside a valid header
-        raise ImageError(f"{path}: cannot decode image ({exc})") from None
-    return to_mnist(grey)
+                if getattr(img, "is_animated", False):
+                    record.frames = "first of an animation"  # only frame 0 is ever decoded
+                if img.format == "JPEG" and max(img.size) > 2 * work_side:
+                    img.draft("L", (work_side, work_side))  # JPEG decodes at 1/2, 1/4, 1/8 scale cheaply
+                img.load()
+                orientation = img.getexif().get(0x0112)
+                if orientation and orientation != 1:
+                    img = ImageOps.exif_transpose(img)
+                    record.exif_orientation = int(orientation)
+                grey = _grey_from_pil(img)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"{name}: too many pixels, refused before decoding ({exc})") from None
+        except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError) as exc:
+            # truncated or corrupt data inside a valid header
+            raise ImageError(f"{name}: cannot decode image ({exc})") from None
+    grey, record.working_scale = _reduce(grey, work_side)
+    return grey, record
 
 
-def _to_grey(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent areas are background: flatten onto white so they read as paper.
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        span = max(arr.max() - arr.min(), 1.0)
-        return Image.fromarray(((arr - arr.min()) * 255.0 / span).astype(np.uint8))
-    return img.convert("L")
+# ----------------------------------------------------------------------------- ink
 
 
-def to_mnist(grey: Image.Image) -> np.ndarray:
-    """Resize a greyscale image to 28x28 and invert it if its background is light."""
-    small = np.asarray(grey.resize((28, 28), Image.Resampling.LANCZOS), dtype=np.uint8)
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in 0-1 (the level that best separates two classes)."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def _background(grey: np.ndarray) -> np.ndarray:
+    """A smooth estimate of the paper: a surface fitted to the pixels that are not ink.
+
+    Fitted on a reduced copy with iterative outlier rejection (ink is the outlier, on either side):
+    a quadratic surface for page-sized images, a plane for digit-sized ones (too few pixels to
+    tell a curved light from the digit's shape), a constant for tiny ones.
+    """
+    h, w = grey.shape
+    if min(h, w) < 16:
+        return np.full_like(grey, float(np.median(grey)))
+    terms = 6 if min(h, w) >= 48 else 3
+    small, _ = _reduce(grey, 96)
+
+    def design(hh: int, ww: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float64)
+        yy, xx = yy / max(hh - 1, 1) - 0.5, xx / max(ww - 1, 1) - 0.5
+        return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
+
+    basis = design(*small.shape).reshape(-1, terms)
+    z = small.reshape(-1).astype(np.float64)
+    # Start from the median (the paper is the majority), then refit to the pixels near the surface.
+    resid = z - np.median(z)
+    coef = np.zeros(terms)
+    for _ in range(5):
+        spread = max(1.4826 * float(np.median(np.abs(resid))), 0.01)
+        keep = np.abs(resid) < 2.5 * spread
+        if keep.sum() < 4 * terms:
+            break
+        coef, *_ = np.linalg.lstsq(basis[keep], z[keep], rcond=None)
+        resid = z - basis @ coef
+    if not coef.any():
+        return np.full_like(grey, float(np.median(grey)))
+    return (design(h, w) @ coef).astype(np.float32)
+
+
+def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
+    """Float32 (H, W) in 0-1: 0 where there is paper, 1 where there is solid ink, grey at the edges.
+
+    Raises :class:`NoDigitError` when nothing stands out from the background (a blank page).
+    """
+    record = record if record is not None else PreprocessRecord()
+    bg = _background(grey)
+    resid = grey - bg
+    if float(bg.max() - bg.min()) > 0.1:
+        record.background = "uneven (removed)"
+    # Noise level of the paper, from the pixels closest to the background.
+    spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
+    # The ink is the side (darker or lighter than the paper) that holds more strong deviations.
+    strong = 4 * spread + 0.02
+    dark = float(np.clip(-resid - strong, 0, None).sum())
+    light = float(np.clip(resid - strong, 0, None).sum())
+    record.inverted = dark > light
+    ink = np.clip(-resid if record.inverted else resid, 0, None)
+
+    top = float(ink.max())
+    if top < MIN_CONTRAST or top < 6 * spread:
+        raise NoDigitError(
+            f"{record.source}: no digit found (the image holds no ink that stands out from the background)"
+        )
+    t = _otsu(ink / top) * top
+    level = float(np.median(ink[ink > t])) if np.any(ink > t) else top
+    record.threshold, record.contrast = round(t, 4), round(level, 4)
+    if level < MIN_CONTRAST or level < 6 * spread:
+        raise NoDigitError(
+            f"{record.source}: no digit found (the image holds no ink that stands out from the background)"
+        )
+    # Soft threshold: below half of Otsu's level (and above the noise) is paper, the typical ink
+    # level and above is solid ink, and the ramp between keeps anti-aliased edges grey.
+    lo = max(0.5 * t, min(3 * spread, 0.9 * t))
+    hi = max(level, lo + 1e-3)
+    return np.clip((ink - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def components(ink: np.ndarray, level: float = 0.35) -> tuple[np.ndarray, int]:
+    """8-connected components of the pixels above ``level``: (labels (H, W) int32, count)."""
+    labels, count = ndimage.label(ink > level, structure=np.ones((3, 3), bool))
+    return labels, int(count)
+
+
+def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
+    """Keep the digit's pieces; remove small blobs of dust or noise well apart from it."""
+    labels, count = components(ink)
+    if count <= 1:
+        return ink if count else ink * 0
+    idx = np.arange(1, count + 1)
+    mass = ndimage.sum_labels(ink, labels, idx)
+    boxes = ndimage.find_objects(labels)
+    big = int(np.argmax(mass))
+    by0, by1, bx0, bx1 = boxes[big][0].start, boxes[big][0].stop, boxes[big][1].start, boxes[big][1].stop
+    reach = 0.5 * max(by1 - by0, bx1 - bx0)
+    keep = np.zeros(count + 1, bool)
+    for i, (sy, sx) in enumerate(boxes):
+        gap = max(by0 - sy.stop, sy.start - by1, bx0 - sx.stop, sx.start - bx1, 0)
+        ratio = mass[i] / mass[big]
+        keep[i + 1] = ratio >= 0.2 or (ratio >= 0.03 and gap <= reach)
+    if record is not None:
+        record.specks_removed = int(count - keep[1:].sum())
+    # Pixels below the component level (faint edges) follow the nearest kept component.
+    grown = ndimage.binary_dilation(keep[labels], iterations=2)
+    return np.where(grown, ink, 0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """MNIST geometry: crop to the ink, longer side to 20 px (aspect kept, anti-aliased), centre of mass to the centre.
+
+    ``ink`` is float (H, W) in 0-1, ink bright. Returns (28, 28) uint8. ``offset`` (x, y) places a
+    crop of a larger image, so the record's box is in the whole image's pixels.
+    """
+    record = record if record is not None else PreprocessRecord()
+    rows, cols = np.nonzero(ink.max(1) > 0)[0], np.nonzero(ink.max(0) > 0)[0]
+    if rows.size == 0:
+        raise NoDigitError(f"{record.source}: no digit found")
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = ink[y0:y1, x0:x1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Pillow's filters widen with the reduction factor, so shrinking averages (anti-aliases)
+    # instead of skipping pixels; growing a tiny digit interpolates.
+    resized = np.asarray(Image.fromarray(crop, "F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    resized = np.clip(resized, 0, 1)
+    total = float(resized.sum())
+    if total <= 0:
+        raise NoDigitError(f"{record.source}: no digit found")
+    cy = float((resized.sum(1) * np.arange(size[1])).sum() / total)
+    cx = float((resized.sum(0) * np.arange(size[0])).sum() / total)
+    top = int(np.clip(round(CENTRE - cy), 0, FRAME - size[1]))
+    left = int(np.clip(round(CENTRE - cx), 0, FRAME - size[0]))
+    frame = np.zeros((FRAME, FRAME), np.float32)
+    frame[top : top + size[1], left : left + size[0]] = resized
+    s = record.working_scale
+    ox, oy = offset
+    record.bbox = tuple(int(round(v / s)) for v in (x0 + ox, y0 + oy, x1 + ox, y1 + oy))
+    record.scale = round(scale * s, 6)
+    record.shift = (left - (FRAME - size[0]) // 2, top - (FRAME - size[1]) // 2)
+    return np.round(frame * 255).astype(np.uint8)
+
+
+def preprocess_image(source, *, work_side: int = WORK_SIDE) -> Preprocessed:
+    """Turn one image of one digit into MNIST format: :class:`Preprocessed` (array (28, 28) uint8, record).
+
+    ``source``: a path, bytes, a binary file object, a ``PIL.Image``, or a numpy array (H, W) /
+    (H, W, 3|4). Raises :class:`ImageError` for input that is not a readable image and
+    :class:`NoDigitError` (a subclass) for an image with no ink.
+    """
+    grey, record = decode_image(source, work_side=work_side)
+    ink = ink_map(grey, record)
+    ink = drop_specks(ink, record)
+    return Preprocessed(to_frame(ink, record), record)
+
+
+def load_image(path) -> np.ndarray:
+    """Read an image and return it as MNIST-style (28, 28) uint8, white on black (see :func:`preprocess_image`)."""
+    return preprocess_image(path).array
+
+
+def simple_preprocess(source) -> np.ndarray:
+    """The naive pipeline most tutorials use: greyscale, resize the whole image to 28x28, invert a light background.
+
+    Kept to measure what the full procedure gains (``benchmarks/handwriting.py``); not used by the tools.
+    """
+    grey, _ = decode_image(source)
+    small = np.asarray(Image.fromarray(grey, "F").resize((FRAME, FRAME), Image.Resampling.LANCZOS), dtype=np.float32)
+    small = np.clip(small, 0, 1)
     border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
-    if border.mean() > 127:  # light background: MNIST digits are white on black
-        small = 255 - small
-    return small
+    if border.mean() > 0.5:
+        small = 1 - small
+    return np.round(small * 255).astype(np.uint8)
+
+
+def find_images(paths) -> list[Path]:
+    """Expand folders (recursively) into the image files they hold, sorted; files named directly are kept as given."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise ImageError(f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,136 @@
+"""Synthetic "real use" images: MNIST digits rendered the way people photograph and scan them.
+
+Used to measure the preprocessing and multi-digit reading (``benchmarks/handwriting.py``) and in
+the tests. Only ever feed it MNIST *test* digits when measuring a model: a digit the model was
+trained on says nothing about how it reads new handwriting.
+
+Each image is dark ink on light, tinted paper, at a random size and off-centre position, with
+thicker or thinner strokes, a small rotation and perspective, uneven light, blur, sensor noise and
+JPEG compression. Everything is drawn from the ``numpy.random.Generator`` passed in, so a seed
+reproduces the set exactly.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Style:
+    """The ranges each photo's settings are drawn from (uniformly)."""
+
+    digit_height: tuple[int, int] = (28, 110)  # px, the height of the 28x28 MNIST frame on the page
+    stroke: tuple[float, float] = (-0.35, 0.6)  # thinner (<0) or thicker (>0), in original MNIST px
+    rotation: float = 8.0  # degrees, either way
+    perspective: float = 0.04  # corner displacement, fraction of the image size
+    light: tuple[float, float] = (0.55, 1.0)  # darkest corner's brightness relative to the brightest
+    blur: tuple[float, float] = (0.0, 1.2)  # Gaussian radius, px at the rendered size
+    noise: tuple[float, float] = (0.0, 8.0)  # sensor noise standard deviation, grey levels
+    jpeg_quality: tuple[int, int] = (35, 95)
+    paper: tuple[int, int] = (185, 250)  # paper brightness
+    ink: tuple[int, int] = (10, 90)  # ink darkness (lower is darker)
+    spacing: tuple[float, float] = (-0.05, 0.6)  # gap between digits in a string, fraction of digit height
+
+
+def _stroke(digit: np.ndarray, amount: float, scale: float) -> np.ndarray:
+    """Thicken (amount > 0) or thin a float (H, W) digit by about ``amount`` MNIST pixels."""
+    radius = abs(amount) * scale
+    if radius < 0.5:
+        return digit
+    size = int(2 * round(radius) + 1)
+    footprint = np.hypot(*np.mgrid[-(size // 2) : size // 2 + 1, -(size // 2) : size // 2 + 1]) <= radius + 0.5
+    op = ndimage.grey_dilation if amount > 0 else ndimage.grey_erosion
+    return op(digit, footprint=footprint)
+
+
+def _ink_layer(digit28: np.ndarray, height: int, stroke: float) -> np.ndarray:
+    """The digit as ink coverage (0-1), upscaled smoothly to ``height`` px for the 28x28 frame."""
+    img = Image.fromarray(digit28.astype(np.uint8)).resize((height, height), Image.Resampling.BICUBIC)
+    layer = np.asarray(img, np.float32) / 255.0
+    layer = _stroke(layer, stroke, height / 28)
+    # Tighten the edges a little: upscaled MNIST is blurrier than a pen line.
+    return np.clip((layer - 0.2) / 0.6, 0, 1)
+
+
+def _crop_frame(layer: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(layer.max(1) > 0.05)[0], np.nonzero(layer.max(0) > 0.05)[0]
+    if rows.size == 0:
+        return layer
+    return layer[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _photograph(coverage: np.ndarray, rng: np.random.Generator, style: Style) -> Image.Image:
+    """Ink coverage on a page -> a JPEG-compressed RGB photo of it."""
+    h, w = coverage.shape
+    paper = rng.uniform(*style.paper) * rng.uniform(0.92, 1.0, 3)  # a slight tint
+    ink = rng.uniform(*style.ink) + np.array([0, 0, rng.uniform(0, 60)])  # black to blue-black
+    rgb = paper[None, None] * (1 - coverage[..., None]) + ink[None, None] * coverage[..., None]
+    img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+
+    # Small rotation and perspective, filling the corners with paper.
+    fill = tuple(int(v) for v in paper)
+    img = img.rotate(
+        rng.uniform(-style.rotation, style.rotation), Image.Resampling.BICUBIC, expand=False, fillcolor=fill
+    )
+    d = style.perspective
+    corners = np.array([[0, 0], [0, h], [w, h], [w, 0]], np.float64)  # Pillow's QUAD order: UL, LL, LR, UR
+    moved = corners + rng.uniform(-d, d, (4, 2)) * [w, h]
+    img = img.transform((w, h), Image.Transform.QUAD, tuple(moved.ravel()), Image.Resampling.BICUBIC, fillcolor=fill)
+
+    # Uneven light: a smooth gradient across the page in a random direction.
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * xx + np.sin(angle) * yy
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    light = 1 - (1 - rng.uniform(*style.light)) * ramp
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*style.blur)))
+    arr = np.asarray(img, np.float32) * light[..., None]
+    arr += rng.normal(0, rng.uniform(*style.noise), arr.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").save(
+        buf, "JPEG", quality=int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1))
+    )
+    buf.seek(0)
+    return Image.open(buf)
+
+
+def render_digit(digit28: np.ndarray, rng: np.random.Generator, style: Style = Style()) -> Image.Image:
+    """One MNIST digit (28x28, white on black) as a photo of ink on paper, off-centre on a larger page."""
+    height = int(rng.integers(style.digit_height[0], style.digit_height[1] + 1))
+    glyph = _crop_frame(_ink_layer(digit28, height, rng.uniform(*style.stroke)))
+    gh, gw = glyph.shape
+    page_h = int(gh * rng.uniform(1.4, 3.0))
+    page_w = int(max(gw, gh) * rng.uniform(1.4, 3.0))
+    page = np.zeros((page_h, page_w), np.float32)
+    y = int(rng.integers(0, page_h - gh + 1))
+    x = int(rng.integers(0, page_w - gw + 1))
+    page[y : y + gh, x : x + gw] = glyph
+    return _photograph(page, rng, style)
+
+
+def render_string(digits28: np.ndarray, rng: np.random.Generator, style: Style = Style()) -> Image.Image:
+    """Several MNIST digits (N, 28, 28) written left to right on one line, with varied spacing and size."""
+    height = int(rng.integers(max(style.digit_height[0], 36), style.digit_height[1] + 1))
+    stroke = rng.uniform(*style.stroke)
+    glyphs = [
+        _crop_frame(_ink_layer(d, max(12, int(height * rng.uniform(0.9, 1.1))), stroke)) for d in np.asarray(digits28)
+    ]
+    gh = max(g.shape[0] for g in glyphs)
+    gaps = [int(rng.uniform(*style.spacing) * gh) for _ in glyphs[1:]]
+    jitter = [int(rng.uniform(-0.08, 0.08) * gh) for _ in glyphs]
+    width = sum(g.shape[1] for g in glyphs) + sum(gaps)
+    margin_x, margin_y = int(gh * rng.uniform(0.3, 1.2)), int(gh * rng.uniform(0.3, 1.0))
+    page = np.zeros((gh + 2 * margin_y + 2 * max(map(abs, jitter)), width + 2 * margin_x), np.float32)
+    x = margin_x
+    for g, gap, dy in zip(glyphs, [0, *gaps], jitter, strict=True):
+        x += gap
+        y = margin_y + max(map(abs, jitter)) + dy + (gh - g.shape[0]) // 2
+        region = page[y : y + g.shape[0], x : x + g.shape[1]]
+        np.maximum(region, g, out=region)  # touching digits overlap like ink does
+        x += g.shape[1]
+    return _photograph(page, rng, style)

@@ -1,0 +1,246 @@
+"""Images to MNIST format: hostile and broken files fail fast with a clear message; every mode and
+format reads the same; the MNIST procedure leaves MNIST digits (nearly) as they were."""
+
+import io
+import re
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_cnn import MnistCnnError, load_model
+from mnist_cnn.preprocess import (
+    MAX_PIXELS,
+    ImageError,
+    NoDigitError,
+    find_images,
+    load_image,
+    preprocess_image,
+    simple_preprocess,
+)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_bomb(side: int = 20000) -> bytes:
+    """A valid 1-bit PNG of side x side white pixels, ~50 KB compressed; never held uncompressed here."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    comp, parts = zlib.compressobj(9), []
+    row = b"\x00" + b"\xff" * ((side + 7) // 8)
+    for _ in range(side):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The start of a PNG claiming width x height grey pixels, with a scrap of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+
+
+def _paper(digit: np.ndarray, scale: int = 3) -> np.ndarray:
+    """An MNIST digit as dark ink on white paper, larger, with a margin."""
+    big = np.asarray(Image.fromarray(digit).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC))
+    page = np.zeros((40 * scale, 46 * scale), np.uint8)
+    page[5 * scale : 33 * scale, 11 * scale : 39 * scale] = big
+    return 255 - page
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digit(mnist):
+    return mnist.test_images[0].numpy(), int(mnist.test_labels[0])  # a 7
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, digit):
+    folder = tmp_path_factory.mktemp("bad")
+    png = _encode(Image.fromarray(_paper(digit[0])), "PNG")
+    jpeg = _encode(Image.fromarray(_paper(digit[0])), "JPEG", quality=90)
+    frames = [Image.fromarray(np.full((8, 8), i % 2 * 255, np.uint8)) for i in range(3000)]
+    files = {
+        "zero.png": b"",
+        "truncated.png": png[: len(png) // 2],
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "random.jpg": np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        "page.png": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+        "bomb.png": _png_bomb(),
+        "big-header.png": _png_header(10000, 8000),  # under Pillow's own limits, over ours
+        "bomb-header.png": _png_header(20000, 20000),
+        "animated.gif": _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10, loop=0),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("name,message", [
+    ("zero.png", "empty (0 bytes)"),
+    ("truncated.png", "cannot decode image"),
+    ("truncated.jpg", "cannot decode image"),
+    ("random.jpg", "not an image"),
+    ("page.png", "not an image"),
+    ("bomb.png", "too many pixels"),
+    ("bomb-header.png", "too many pixels"),
+    ("big-header.png", f"too many pixels: 10000x8000 is more than the limit of {MAX_PIXELS:,}"),
+])  # fmt: skip
+def test_bad_files_get_a_clear_error_quickly(bad_files, name, message):
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=re.escape(message)) as info:
+        preprocess_image(bad_files / name)
+    assert time.perf_counter() - start < 2
+    assert isinstance(info.value, MnistCnnError) and str(bad_files / name) in str(info.value)
+    with pytest.raises(ImageError, match=re.escape(message.split(" (")[0])):  # the same from bytes
+        preprocess_image((bad_files / name).read_bytes())
+
+
+def test_pillows_bomb_warning_is_an_error_even_under_our_limit(monkeypatch, bad_files):
+    import mnist_cnn.preprocess as pre
+
+    monkeypatch.setattr(pre, "MAX_PIXELS", 10**12)
+    monkeypatch.setattr(
+        Image, "MAX_IMAGE_PIXELS", 100_000_000
+    )  # 4e8 px is over Pillow's warning level, under its error
+    with pytest.raises(ImageError, match="too many pixels"):
+        preprocess_image(bad_files / "bomb.png")
+
+
+def test_an_animation_of_thousands_of_frames_reads_only_the_first(bad_files):
+    start = time.perf_counter()
+    with pytest.raises(NoDigitError, match="no digit found"):  # frame 0 is a black square: no ink
+        preprocess_image(bad_files / "animated.gif")
+    assert time.perf_counter() - start < 2
+
+
+def test_missing_file_folder_and_wrong_type(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="expected a path, bytes"):
+        preprocess_image(12345)
+    with pytest.raises(ImageError, match="no image files in this folder"):
+        find_images([tmp_path])
+
+
+@pytest.mark.parametrize("page", [
+    np.full((300, 400), 235, np.uint8),  # white paper
+    np.zeros((28, 28), np.uint8),  # an empty MNIST frame
+    np.clip(np.linspace(120, 250, 400)[None] + np.random.default_rng(0).normal(0, 4, (300, 400)), 0, 255).astype(np.uint8),  # shaded, noisy
+])  # fmt: skip
+def test_a_blank_page_is_no_digit_not_a_guess(page, tmp_path):
+    Image.fromarray(page).save(tmp_path / "blank.jpg", quality=80)
+    for source in (page, tmp_path / "blank.jpg"):
+        with pytest.raises(NoDigitError, match="no digit found"):
+            preprocess_image(source)
+
+
+def _variants(paper: np.ndarray) -> dict:
+    """The same page in every mode and format people send."""
+    grey = Image.fromarray(paper)
+    ink = 255 - paper
+    black_on_clear = np.zeros((*paper.shape, 4), np.uint8)
+    black_on_clear[..., 3] = ink
+    white_on_clear = np.full((*paper.shape, 4), 255, np.uint8)
+    white_on_clear[..., 3] = ink
+    la = Image.fromarray(np.stack([np.zeros_like(paper), ink], -1), "LA")
+    p_clear = grey.convert("P")
+    p_clear.info["transparency"] = int(p_clear.getpixel((0, 0)))
+    out = {
+        "L.png": _encode(grey, "PNG"),
+        "RGB.jpg": _encode(grey.convert("RGB"), "JPEG", quality=90),
+        "RGBA-black-ink.png": _encode(Image.fromarray(black_on_clear, "RGBA"), "PNG"),
+        "RGBA-white-ink.png": _encode(Image.fromarray(white_on_clear, "RGBA"), "PNG"),
+        "LA.png": _encode(la, "PNG"),
+        "P.gif": _encode(grey.convert("P"), "GIF"),
+        "P-transparent.png": _encode(p_clear, "PNG", transparency=p_clear.info["transparency"]),
+        "1.bmp": _encode(grey.point(lambda v: 255 if v > 128 else 0).convert("1"), "BMP"),
+        "I16.png": _encode(Image.fromarray(paper.astype(np.uint16) * 257), "PNG"),
+        "CMYK.jpg": _encode(grey.convert("CMYK"), "JPEG", quality=90),
+        "CMYK.tif": _encode(grey.convert("CMYK"), "TIFF"),
+        "RGB.bmp": _encode(grey.convert("RGB"), "BMP"),
+        "RGB.tif": _encode(grey.convert("RGB"), "TIFF", compression="tiff_lzw"),
+        "white-on-black.png": _encode(Image.fromarray(ink), "PNG"),
+    }
+    try:
+        out["RGB.webp"] = _encode(grey.convert("RGB"), "WEBP", quality=90)
+    except (KeyError, OSError):  # Pillow built without WebP
+        pass
+    return out
+
+
+def test_every_mode_and_format_gives_the_same_digit(digit, trained_run):
+    image, label = digit
+    clf = load_model(trained_run[0].run_dir)
+    reference = preprocess_image(_paper(image)).array.astype(float)
+    for name, data in _variants(_paper(image)).items():
+        result = preprocess_image(data)
+        corr = np.corrcoef(result.array.ravel().astype(float), reference.ravel())[0, 1]
+        assert corr > (0.7 if name.startswith("1.") else 0.95), (name, corr)  # 1-bit: no grey edges
+        assert clf.predict(result.array)[0] == label, name
+        assert result.record.inverted == (name not in ("white-on-black.png", "RGBA-white-ink.png")), name
+
+
+def test_exif_orientation_is_applied(digit):
+    upright = Image.fromarray(_paper(digit[0]))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored = _encode(upright.rotate(90, expand=True), "JPEG", quality=95, exif=exif)
+    result = preprocess_image(stored)
+    assert result.record.exif_orientation == 6
+    corr = np.corrcoef(result.array.ravel().astype(float), preprocess_image(upright).array.ravel().astype(float))[0, 1]
+    assert corr > 0.95
+
+
+def test_geometry_matches_mnist_and_the_record_says_what_was_done(digit):
+    image, _ = digit
+    page = np.full((600, 900), 230, np.uint8)
+    big = np.asarray(Image.fromarray(255 - image).resize((280, 280), Image.Resampling.BICUBIC))
+    page[250:530, 500:780] = np.minimum(page[250:530, 500:780], big)  # off-centre, 10x larger
+    page[40:44, 40:44] = 0  # a speck of dust far from the digit
+    gradient = np.linspace(0.6, 1.0, 900)[None]  # light falling off to the left
+    result = preprocess_image((page * gradient).astype(np.uint8))
+    arr, rec = result.array, result.record
+    assert arr.shape == (28, 28) and arr.dtype == np.uint8
+    rows, cols = np.nonzero(arr.max(1))[0], np.nonzero(arr.max(0))[0]
+    assert max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) == 20  # the longer side is 20 px
+    mass = arr.astype(float) / arr.sum()
+    assert abs((mass.sum(1) * np.arange(28)).sum() - 14) < 0.6  # centre of mass at the centre
+    assert abs((mass.sum(0) * np.arange(28)).sum() - 14) < 0.6
+    assert rec.inverted and rec.background == "uneven (removed)" and rec.specks_removed == 1
+    left, top, right, bottom = rec.bbox
+    assert 500 <= left < right <= 780 and 250 <= top < bottom <= 530
+    assert rec.scale == pytest.approx(20 / max(right - left, bottom - top), rel=0.05)
+    assert 0 < arr.min() or (arr > 0).sum() > 60  # anti-aliased: grey levels survive
+    assert len(np.unique(arr)) > 20
+
+
+def test_mnist_digits_lose_at_most_0_3_points(trained_run, mnist):
+    """The property the procedure must have: MNIST test digits come out as the model knows them."""
+    clf = load_model(trained_run[0].run_dir)
+    images, labels = mnist.test_images[:3000].numpy(), mnist.test_labels[:3000].numpy()
+    processed = np.stack([preprocess_image(x).array for x in images])
+    before = (clf.predict(images) == labels).mean()
+    after = (clf.predict(processed) == labels).mean()
+    assert before - after <= 0.003, (before, after)
+
+
+def test_the_simple_pipeline_is_kept_for_comparison(digit):
+    arr = simple_preprocess(_paper(digit[0]))
+    assert arr.shape == (28, 28) and arr.dtype == np.uint8 and arr[0, 0] == 0  # inverted, whole page squeezed
