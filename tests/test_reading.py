@@ -1,0 +1,120 @@
+"""Reading numbers: segmentation of drawn and photographed strings, broken and touching digits, lines, confidence."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_cnn import load_model
+from mnist_cnn.preprocess import ImageError
+from mnist_cnn.reading import DEFAULT_MIN_CONFIDENCE, read_digits
+from mnist_cnn.synthetic import render_string
+
+
+@pytest.fixture(scope="module")
+def clf(trained_run):
+    return load_model(trained_run[0].run_dir)
+
+
+@pytest.fixture(scope="module")
+def sure(clf, mnist):
+    """Test digits the model reads right with confidence, by label: keeps these tests about segmentation."""
+    images, labels = mnist.test_images[:2000].numpy(), mnist.test_labels[:2000].numpy()
+    probs = clf.predict_proba(images)
+    ok = (probs.argmax(1) == labels) & (probs.max(1) > 0.9)
+    return {d: images[ok & (labels == d)][:5] for d in range(10)}
+
+
+def _page(glyphs: list[np.ndarray], gaps: list[int], scale: int = 3, margin: int = 40) -> np.ndarray:
+    """White-on-black digits, scaled up, side by side (gaps in px at the final scale, negative = overlap), as ink on paper."""
+    big = [np.asarray(Image.fromarray(g).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)) for g in glyphs]
+    crops = [b[:, np.nonzero(b.max(0) > 20)[0][0] : np.nonzero(b.max(0) > 20)[0][-1] + 1] for b in big]
+    width = sum(c.shape[1] for c in crops) + sum(gaps) + 2 * margin
+    page = np.zeros((28 * scale + 2 * margin, width), np.uint8)
+    x = margin
+    for c, gap in zip(crops, [0, *gaps], strict=True):
+        x += gap
+        region = page[margin : margin + c.shape[0], x : x + c.shape[1]]
+        np.maximum(region, c, out=region)
+        x += c.shape[1]
+    return 255 - page
+
+
+def test_a_drawn_number_reads_left_to_right_with_boxes(clf, sure):
+    digits = [3, 0, 7, 1, 9]
+    page = _page([sure[d][0] for d in digits], [30, 45, 25, 35])
+    reading = read_digits(clf, page)
+    assert reading.found and reading.text == "30719"
+    lefts = [d.box[0] for d in reading.digits]
+    assert lefts == sorted(lefts) and all(d.box[2] > d.box[0] and d.box[3] > d.box[1] for d in reading.digits)
+    assert all(0 <= d.box[0] and d.box[2] <= page.shape[1] for d in reading.digits)
+    assert all(d.array.shape == (28, 28) and len(d.probabilities) == 10 for d in reading.digits)
+    assert reading.to_dict()["digits"][0]["char"] == "3"
+
+
+def test_a_broken_stroke_is_one_digit(clf, sure):
+    seven = sure[7][0].copy()
+    rows = np.nonzero(seven.max(1))[0]
+    cut = (rows[0] + rows[-1]) // 2
+    seven[cut : cut + 2] = 0  # a gap across the whole digit: two pieces
+    page = _page([sure[4][0], seven, sure[2][0]], [40, 40])
+    reading = read_digits(clf, page)
+    assert len(reading.digits) == 3 and reading.text[0] == "4" and reading.text[2] == "2"
+
+
+def test_touching_digits_are_split(clf, sure):
+    page = _page([sure[0][1], sure[8][1], sure[5][1]], [-6, 40])  # 0 and 8 overlap by 6 px
+    reading = read_digits(clf, page)
+    assert len(reading.digits) == 3
+    assert reading.text.endswith("5")
+
+
+def test_two_lines(clf, sure):
+    top = _page([sure[d][2] for d in (1, 2, 3)], [40, 40])
+    bottom = _page([sure[d][2] for d in (4, 6)], [40])
+    page = np.full((top.shape[0] + bottom.shape[0], max(top.shape[1], bottom.shape[1])), 255, np.uint8)
+    page[: top.shape[0], : top.shape[1]] = top
+    page[top.shape[0] :, : bottom.shape[1]] = bottom
+    reading = read_digits(clf, page)
+    assert reading.lines == ["123", "46"] and reading.text == "123\n46"
+    assert {d.line for d in reading.digits} == {0, 1}
+
+
+def test_photographed_strings_are_segmented(clf, mnist):
+    """Rendered photos of 3-8 test digits: the right number of digits almost always, and mostly the right ones."""
+    rng = np.random.default_rng(5)
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    count_right = digits_right = digits_total = 0
+    for _ in range(24):
+        idx = rng.integers(0, len(images), int(rng.integers(3, 9)))
+        reading = read_digits(clf, render_string(images[idx], rng), min_confidence=0)
+        got = [d.label for d in reading.digits]
+        if len(got) == len(idx):
+            count_right += 1
+            digits_right += sum(int(a == b) for a, b in zip(got, labels[idx], strict=True))
+            digits_total += len(idx)
+    assert count_right >= 21, count_right
+    assert digits_right / digits_total >= 0.9, digits_right / digits_total
+
+
+def test_uncertain_digits_are_question_marks(clf, sure):
+    page = _page([sure[2][3], sure[5][3]], [40])
+    assert read_digits(clf, page, min_confidence=0).text == "25"
+    everything_doubtful = read_digits(clf, page, min_confidence=1.0)
+    assert everything_doubtful.text == "??" and all(d.uncertain for d in everything_doubtful.digits)
+    assert [d.label for d in everything_doubtful.digits] == [2, 5]  # the best guess is still there
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        read_digits(clf, page, min_confidence=1.5)
+
+
+def test_no_ink_is_no_digit_and_bad_input_raises(clf, tmp_path):
+    blank = read_digits(clf, np.full((200, 600), 240, np.uint8))
+    assert not blank.found and blank.text == "" and blank.digits == []
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(ImageError, match="not an image"):
+        read_digits(clf, tmp_path / "x.png")
+
+
+def test_the_cli_default_threshold_is_the_librarys():
+    from mnist_cnn import cli
+
+    assert cli.DEFAULT_MIN_CONFIDENCE == DEFAULT_MIN_CONFIDENCE
