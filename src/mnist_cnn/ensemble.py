@@ -67,16 +67,21 @@ class TTA(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """Average the probabilities of several models."""
+    """Average the (calibrated) probabilities of several models."""
 
-    def __init__(self, members: Sequence[nn.Module]):
+    def __init__(self, members: Sequence[nn.Module], temperatures: Sequence[float] | None = None):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(members)
+        # Each member's own calibration temperature (1.0: none), so the average is of the same
+        # probabilities each member's predict_proba gives.
+        self.temperatures = tuple(temperatures) if temperatures is not None else (1.0,) * len(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
+        logp = torch.stack(
+            [F.log_softmax(m(x) / t, dim=1) for m, t in zip(self.members, self.temperatures, strict=True)]
+        )
         return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
 
@@ -133,10 +138,12 @@ def load_ensemble(folder: Path, config: dict) -> nn.Module:
     entries = config.get("members")
     if not isinstance(entries, list) or not entries:
         raise ModelFolderError(f"{folder / 'config.json'} is an ensemble with no members")
-    members = []
+    members, temperatures = [], []
     for entry in entries:
         sub = folder / str(entry.get("folder", "") if isinstance(entry, dict) else entry)
         if sub.resolve().parent.parent != folder.resolve():
             raise ModelFolderError(f"{folder}: ensemble member {sub} is outside the folder")
-        members.append(load_model(sub).model)
-    return Ensemble(members)
+        member = load_model(sub)
+        members.append(member.model)
+        temperatures.append(member.temperature)
+    return Ensemble(members, temperatures)
