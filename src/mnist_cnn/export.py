@@ -192,8 +192,14 @@ class OnnxClassifier:
         out = [self.session.run(None, {self._input: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
         return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature from config.json, as :attr:`mnist_cnn.inference.Classifier.temperature`."""
+        return float((self.config.get("calibration") or {}).get("temperature") or 1.0)
+
     def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:
-        return torch.softmax(self.logits(images, batch_size), dim=1).numpy()
+        """Calibrated probabilities: the exported graph gives raw logits, divided here by the temperature."""
+        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
 
     def predict(self, images, batch_size: int = 1000) -> np.ndarray:
         return self.logits(images, batch_size).argmax(dim=1).numpy()
