@@ -144,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="reuse an existing run folder of the same name (default: refuse)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
+    _add_repro_flags(p)
+    g = p.add_argument_group("checkpoints, resume and processes")
+    g.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue the run in folder RUN from its newest intact checkpoint, with the settings it started with (default: a new run)")  # fmt: skip
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also write a checkpoint every STEPS steps (default: 0 = after every epoch only)")  # fmt: skip
+    g.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="newest checkpoints kept (default: 3)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (DistributedDataParallel through torchrun; default: 1)")  # fmt: skip
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files in RUN/tensorboard (needs mnist-cnn[tensorboard]; default: off)")  # fmt: skip
+    g = p.add_argument_group("from a tuning study")
+    g.add_argument("--from-study", metavar="STUDY", default=None,
+                   help="start from the config of this study's best trial (default: the recipe's); other flags still override")  # fmt: skip
+    g.add_argument("--storage", default=None, help="the study's database URL (default: sqlite:///runs/tune.db)")
     _add_config_flags(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
@@ -229,7 +244,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
 
     sub.add_parser("recipes", parents=[common], help="list the named training recipes")
+
+    p = sub.add_parser("runs", parents=[common], help="list the runs in a folder: recipe, epochs, accuracy, time, date")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("runs"), help="folder of run folders (default: runs)")
+    p.add_argument("--sort", choices=["date", "val", "name"], default="date",
+                   help="order: date (oldest first), val (best validation accuracy first) or name (default: date)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="a JSON list instead of a table (default: table)")
+
+    p = sub.add_parser("tune", parents=[common],
+                       help="search hyper-parameters with Optuna (TPE, pruning) on validation accuracy")  # fmt: skip
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                   help=f"recipe whose hyper-parameters are searched (default: {DEFAULT_RECIPE})")  # fmt: skip
+    p.add_argument("--trials", type=int, default=20,
+                   help="run until the study holds this many finished trials, counting earlier runs and other workers (default: 20)")  # fmt: skip
+    p.add_argument("--storage", default=None,
+                   help="study database URL: sqlite:///FILE, postgresql://..., mysql+pymysql://... (default: sqlite:///runs/tune.db)")  # fmt: skip
+    p.add_argument("--study", default=None, help="study name; the same name resumes it (default: tune-RECIPE)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stop trials that fall behind after an epoch (default: median)")  # fmt: skip
+    p.add_argument("--sampler-seed", type=int, default=None,
+                   help="seed of the TPE sampler, for a repeatable single-worker search (default: random)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds (default: none)")  # fmt: skip
+    p.add_argument("--show", action="store_true", help="print the study's best trials and exit (default: search)")
+    p.add_argument("--space", action="store_true", help="print the recipe's search space and exit (default: search)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (default: a bar per epoch of each trial on a terminal)",
+    )
+    _add_config_flags(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
     return parser
+
+
+def _add_repro_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only, every RNG seeded: the same seed gives the same weights (default: off)")  # fmt: skip
 
 
 def _load_data(args):
@@ -239,32 +290,120 @@ def _load_data(args):
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .evaluate import evaluate_run, format_metrics
-    from .train import configure_threads, train_run
+    from .train import configure_threads, read_run_settings, train_run
 
-    overrides = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None
-    }
-    config = RECIPES[args.recipe].config.replace(**overrides)
-    run_dir = args.runs_dir / (args.name or f"{args.recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch_distributed(args)
+    overrides = _config_overrides(args)
+    if args.resume is not None:
+        run_dir = args.resume
+        settings = read_run_settings(run_dir)
+        if not settings:
+            raise MnistCnnError(f"{run_dir} is not a run folder that can be resumed: it has no readable run.json")
+        if overrides or args.from_study:
+            raise MnistCnnError("--resume continues a run with the settings it started with; drop the training flags")
+        if (run_dir / "config.json").is_file() and not _was_interrupted(run_dir):
+            raise MnistCnnError(f"{run_dir} finished training already (evaluate it with: mnist-cnn evaluate {run_dir})")
+        recipe, config = settings.get("recipe"), TrainConfig(**settings["train_config"])
+        deterministic = settings.get("deterministic", False) or args.deterministic
+        tensorboard = settings.get("tensorboard", False) or args.tensorboard
+        checkpoint_every = (
+            settings.get("checkpoint_every", 0) if args.checkpoint_every is None else args.checkpoint_every
+        )
+        # The thread count can change floating-point sums: keep the run's, so a resume is exact.
+        threads = args.threads or (settings.get("threads", 0) if settings.get("world_size", 1) == 1 else 0)
+    else:
+        recipe, base = args.recipe, RECIPES[args.recipe].config
+        if args.from_study:
+            from .tune import DEFAULT_STORAGE, best_config
+
+            recipe, base, trial = best_config(args.storage or DEFAULT_STORAGE, args.from_study)
+            log.info(
+                "starting from trial %d of study %s (validation accuracy %.4f)",
+                trial.number,
+                args.from_study,
+                trial.value,
+            )
+        config = base.replace(**overrides)
+        run_dir = args.runs_dir / (args.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+        deterministic, tensorboard, threads = args.deterministic, args.tensorboard, args.threads
+        checkpoint_every = args.checkpoint_every or 0
+
+    env, device = distributed.Dist(), args.device
+    if distributed.launched_by_torchrun():
+        env, device = distributed.init_from_env(args.device)
+        run_dir = distributed.broadcast_object(run_dir)  # rank 0's clock names the folder
+        threads = threads or distributed.threads_per_rank(env.local_world_size)
+        if not env.is_main:
+            logging.getLogger("mnist_cnn").setLevel(logging.WARNING)
+    if args.resume is None and env.is_main and run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
         raise MnistCnnError(f"run folder {run_dir} already exists; choose another --name or pass --overwrite")
-    configure_threads(args.threads)
+    configure_threads(threads)
     data = _load_data(args)
-    result = train_run(
-        config,
-        data,
-        run_dir,
-        recipe=args.recipe,
-        device=args.device,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
-    metrics = evaluate_run(run_dir, data, device=args.device)
+    try:
+        result = train_run(
+            config,
+            data,
+            run_dir,
+            recipe=recipe,
+            device=torch_device(device),
+            progress=not args.no_progress and sys.stderr.isatty(),
+            deterministic=deterministic,
+            tensorboard=tensorboard,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            resume=args.resume is not None,
+        )
+    finally:
+        distributed.shutdown()
+    if not env.is_main:
+        return 130 if result.fit.interrupted else 0
+    metrics = evaluate_run(run_dir, data, device=str(torch_device(device)))
     print(format_metrics(metrics), end="\n\n")
     print(f"test accuracy {metrics['test_accuracy']:.4f}  (validation {metrics['val_accuracy'] or float('nan'):.4f}, "
           f"kept epoch {result.fit.best_epoch}, {result.fit.train_seconds:.1f} s of training)")  # fmt: skip
     print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
     return 130 if result.fit.interrupted else 0
+
+
+def torch_device(name: str):
+    """'cuda:1' as torch.device, other names through select_device (which checks they exist)."""
+    import torch
+
+    from .inference import select_device
+
+    return torch.device(name) if ":" in name else select_device(name)
+
+
+def _was_interrupted(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / "config.json").read_text())["training"]["interrupted"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # unreadable: let the checkpoints decide
+
+
+def _launch_distributed(args) -> int:
+    """--nproc N: run this same command in N processes through torchrun, under one run folder."""
+    from . import distributed
+
+    argv = list(args.argv)
+    for i, item in enumerate(argv):  # drop --nproc N / --nproc=N
+        if item == "--nproc":
+            del argv[i : i + 2]
+            break
+        if item.startswith("--nproc="):
+            del argv[i]
+            break
+    if args.resume is None and args.name is None:
+        recipe = args.recipe if not args.from_study else args.from_study
+        argv += ["--name", f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    return distributed.launch(args.nproc, argv)
+
+
+def _config_overrides(args) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
 
 
 def cmd_evaluate(args) -> int:
@@ -509,6 +648,43 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from .runs import format_table, list_runs, rows_as_dicts
+
+    rows = list_runs(args.folder, sort=args.sort)
+    if args.json:
+        print(json.dumps(rows_as_dicts(rows), indent=2))
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"no runs in {args.folder}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .train import configure_threads
+    from .tune import DEFAULT_STORAGE, format_study, run_study, search_space
+
+    storage = args.storage or DEFAULT_STORAGE
+    study = args.study or f"tune-{args.recipe}"
+    fixed = _config_overrides(args)
+    if args.space:
+        print(f"search space of recipe {args.recipe} (fields fixed on the command line are left out):")
+        print("\n".join(f"  {p.describe()}" for p in search_space(args.recipe, fixed)))
+        return 0
+    if args.show:
+        print(format_study(storage, study))
+        return 0
+    base = RECIPES[args.recipe].config.replace(**fixed)
+    configure_threads(args.threads)
+    data = _load_data(args)
+    run_study(args.recipe, base, data, trials=args.trials, storage=storage, study_name=study, pruner=args.pruner,
+              fixed=fixed, device=args.device, sampler_seed=args.sampler_seed, timeout=args.timeout,
+              progress=not args.no_progress and sys.stderr.isatty())  # fmt: skip
+    print(format_study(storage, study))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -521,11 +697,15 @@ COMMANDS = {
     "calibrate": cmd_calibrate,
     "show": cmd_show,
     "recipes": cmd_recipes,
+    "runs": cmd_runs,
+    "tune": cmd_tune,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:

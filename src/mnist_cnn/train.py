@@ -8,6 +8,8 @@ one-hot labels, so the seeds' numbers are comparable.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
@@ -22,10 +24,22 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from . import distributed
+from .checkpoint import CheckpointError, Checkpoints, rng_states, set_rng_states
 from .config import TrainConfig
 from .data import MNIST, split_validation
-from .inference import MNIST_NORMALIZATION, batched_logits, save_model, select_device, to_model_input, write_json
+from .inference import (
+    MNIST_NORMALIZATION,
+    batched_logits,
+    save_model,
+    select_device,
+    to_model_input,
+    versions,
+    write_json,
+)
 from .models import count_parameters, create_model
+from .reproducibility import git_commit, package_versions, seed_everything
+from .tracking import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +57,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # one row per completed epoch
     best_epoch: int = 0  # 1-based epoch whose weights were kept (0: none completed)
     interrupted: bool = False  # stopped by Ctrl-C
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # including the time before a resume
+    resumed_from: int | None = None  # global step of the checkpoint this run continued from
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
@@ -103,6 +118,15 @@ def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Global steps per epoch; a last partial batch smaller than the number of processes is
+    dropped (every process needs at least one image)."""
+    steps = math.ceil(n / batch_size)
+    if world_size > 1 and 0 < n % batch_size < world_size:
+        steps -= 1
+    return steps
+
+
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -113,6 +137,9 @@ def fit(
     on_epoch: Callable[[FitResult], None] | None = None,
     on_step: Callable[[int, nn.Module, float], None] | None = None,
     step_every: int = 0,
+    checkpoints: Checkpoints | None = None,
+    checkpoint_every: int = 0,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train ``model`` in place on normalised tensors; leave it holding the best-on-validation weights.
 
@@ -122,6 +149,13 @@ def fit(
     ``on_step(step, model, seconds)`` is called every ``step_every`` steps with the model that would
     be kept and the training time so far (for benchmarks that follow accuracy during training); time
     spent in callbacks is not counted in ``train_seconds``.
+
+    ``checkpoints`` receives the whole training state (model, optimiser, schedule, EMA, random
+    states, history, best weights) after every epoch and, with ``checkpoint_every=N``, every N
+    steps; ``resume`` (a state read back from one) continues from it exactly. Inside a
+    ``torch.distributed`` process group the model is wrapped in DDP and each process trains on its
+    shard of every global batch (see :mod:`.distributed`); every process must pass ``checkpoints``
+    (only rank 0 writes).
     """
     x, y = train
     n = len(x)
@@ -130,16 +164,45 @@ def fit(
         x = to_memory_format(x, True)
         if val is not None:
             val = (to_memory_format(val[0], True), val[1])
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    opt, sched = _make_optimizer(model, config, config.epochs * steps_per_epoch)
+    env = distributed.current()
+    world, rank = env.world_size, env.rank
+    steps = steps_per_epoch(n, config.batch_size, world)
+    opt, sched = _make_optimizer(model, config, config.epochs * steps)
     ema = _make_ema(model, config.ema)
     kept = ema.module if ema is not None else model  # what is validated and kept
     aug = config.augmentation
     fill = x.amin().item() if aug.active and n else 0.0  # the background of normalised digits
     shuffle = torch.Generator().manual_seed(config.seed)  # on the CPU, so shuffling never depends on the device
-    aug_rng = torch.Generator().manual_seed(config.seed + 1)
+    # Each process augments its own shard with its own draws (rank 0 draws as a single process does).
+    aug_rng = torch.Generator().manual_seed(config.seed + 1 + 1_000_003 * rank)
     result, best_acc, best_state = FitResult(), -1.0, None
-    start, paused, global_step = time.perf_counter(), 0.0, 0
+    first_epoch, first_step, elapsed = 1, 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
+        shuffle.set_state(resume["shuffle"])
+        first_epoch, first_step, elapsed = resume["epoch"], resume["step"], resume["train_seconds"]
+        result.history, result.best_epoch, best_acc = list(resume["history"]), resume["best_epoch"], resume["best_acc"]
+        best_state = resume["best_state"]
+        if len(resume["rng"]) == world:
+            set_rng_states(resume["rng"][rank]["global"])
+            aug_rng.set_state(resume["rng"][rank]["augment"])
+        else:  # another number of processes: the data shards differ anyway
+            log.warning("resuming with %d processes instead of %d: random draws will differ from the original run",
+                        world, len(resume["rng"]))  # fmt: skip
+        result.resumed_from = (first_epoch - 1) * steps + first_step
+    net = distributed.wrap(model, x.device)
+    start, paused = time.perf_counter(), 0.0
+    epoch, step_done, epoch_shuffle = first_epoch, first_step, shuffle.get_state()
+    global_step = (first_epoch - 1) * steps + first_step
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    if resume is not None and first_step > 0:
+        loss_sum += resume["loss_sum"].to(x.device)
+        correct += resume["correct"].to(x.device)
 
     def callback(fn, *args) -> None:
         nonlocal paused
@@ -147,27 +210,48 @@ def fit(
         fn(*args)
         paused += time.perf_counter() - t
 
+    def state() -> dict:  # everything needed to continue exactly from here; called on every rank
+        rng = distributed.gather_objects({"global": rng_states(), "augment": aug_rng.get_state()})
+        return {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "shuffle": epoch_shuffle, "epoch": epoch, "step": step_done,
+            "loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
+            "history": result.history, "best_epoch": result.best_epoch, "best_acc": best_acc, "best_state": best_state,
+            "train_seconds": elapsed + time.perf_counter() - start - paused, "rng": rng, "world_size": world,
+            "config": config.to_dict(),
+        }  # fmt: skip
+
+    def save_checkpoint() -> None:
+        if checkpoints is None:
+            return
+        snapshot = state()
+        if env.is_main:
+            checkpoints.save(snapshot, global_step)
+
     try:
-        for epoch in range(1, config.epochs + 1):
+        while epoch <= config.epochs:
             model.train()
             epoch_start, epoch_paused = time.perf_counter(), paused
+            # After a resume mid-epoch, shuffle holds the state this epoch started with: same order.
             order = torch.randperm(n, generator=shuffle).to(x.device)
-            loss_sum = torch.zeros((), device=x.device)
-            correct = torch.zeros((), dtype=torch.long, device=x.device)
             bar = tqdm(
-                range(steps_per_epoch),
+                range(step_done, steps),
                 desc=f"epoch {epoch}/{config.epochs}",
-                disable=not progress,
+                disable=not progress or not env.is_main,
                 leave=False,
                 unit="step",
             )
             for step in bar:
-                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                batch = order[step * config.batch_size : (step + 1) * config.batch_size]  # the global batch
+                idx = batch[rank::world]  # this process's shard of it
                 xb, yb = x[idx], y[idx]
                 if aug.active:
                     xb = aug(xb, aug_rng, fill)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+                logits = net(xb)
+                ce_sum = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing, reduction="sum")
+                # DDP averages the processes' gradients, so this makes it the global batch's mean.
+                loss = ce_sum * (world / len(batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -175,24 +259,33 @@ def fit(
                 if ema is not None:
                     ema.update_parameters(model)
                 global_step += 1
-                loss_sum += loss.detach() * len(idx)
+                step_done = step + 1
+                loss_sum += ce_sum.detach()
                 correct += (logits.argmax(1) == yb).sum()
-                if step % 50 == 49 or step == steps_per_epoch - 1:
-                    seen = min((step + 1) * config.batch_size, n)
+                if step % 50 == 49 or step == steps - 1:
+                    seen = min((step + 1) * config.batch_size, n) / world
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
                 if on_step is not None and step_every > 0 and global_step % step_every == 0:
-                    callback(on_step, global_step, kept, time.perf_counter() - start - paused)
+                    callback(on_step, global_step, kept, elapsed + time.perf_counter() - start - paused)
                     model.train()
+                if checkpoint_every > 0 and global_step % checkpoint_every == 0 and step_done < steps:
+                    save_checkpoint()
+            distributed.all_reduce_sum(loss_sum)
+            distributed.all_reduce_sum(correct)
+            distributed.average_buffers(model)
+            if ema is not None:
+                distributed.average_buffers(ema.module)
+            seen = min(steps * config.batch_size, n)
             row = {
                 "epoch": epoch,
-                "train_loss": loss_sum.item() / n,
-                "train_accuracy": correct.item() / n,
+                "train_loss": loss_sum.item() / seen,
+                "train_accuracy": correct.item() / seen,
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - epoch_start - (paused - epoch_paused),
             }
             if val is not None:
                 row["val_loss"], row["val_accuracy"] = _evaluate(kept, *val, config.eval_batch_size)
-            row["elapsed"] = time.perf_counter() - start - paused
+            row["elapsed"] = elapsed + time.perf_counter() - start - paused
             # Without a validation split every epoch is kept; with one, only a better one (ties go
             # to the earlier epoch: the later one has no evidence of being better).
             if val is None or row["val_accuracy"] > best_acc:
@@ -203,12 +296,17 @@ def fit(
                 "epoch %d/%d  loss %.4f  acc %.4f%s  (%.1fs)", epoch, config.epochs, row["train_loss"], row["train_accuracy"],
                 f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}" if val is not None else "", row["seconds"],
             )  # fmt: skip
+            epoch, step_done = epoch + 1, 0
+            loss_sum.zero_()
+            correct.zero_()
+            epoch_shuffle = shuffle.get_state()
+            save_checkpoint()
             if on_epoch is not None:
                 callback(on_epoch, result)
     except KeyboardInterrupt:
         result.interrupted = True
         log.warning("interrupted: keeping the weights of epoch %s", result.best_epoch or "in progress")
-    result.train_seconds = time.perf_counter() - start - paused
+    result.train_seconds = elapsed + time.perf_counter() - start - paused
     if best_state is None and ema is not None:
         best_state = kept.state_dict()  # interrupted in the first epoch: the average so far
     if best_state is not None:
@@ -236,43 +334,126 @@ class RunResult:
     config: dict  # what was written to config.json
 
 
+def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
+    """The seeded (train, validation) split as normalised tensors on ``device``; validation is
+    None when ``config.val_split`` is 0. ``config.limit`` caps the training part."""
+    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.seed)
+    if config.limit > 0:
+        train_idx = train_idx[: config.limit]
+    x_all = to_model_input(data.train_images).to(device)
+    y_all = data.train_labels.to(device)
+    train = (x_all[train_idx.to(device)], y_all[train_idx.to(device)])
+    val = (x_all[val_idx.to(device)], y_all[val_idx.to(device)]) if len(val_idx) else None
+    return train, val
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers, in state-dict order."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_run_settings(run_dir: str | os.PathLike) -> dict:
+    """What ``run.json`` recorded when the run started (recipe, config, options); {} if unreadable."""
+    try:
+        settings = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
 def train_run(
     config: TrainConfig,
     data: MNIST,
     run_dir: str | os.PathLike,
     *,
     recipe: str | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     progress: bool = True,
     on_step: Callable[[int, nn.Module, float], None] | None = None,
     step_every: int = 0,
+    deterministic: bool = False,
+    tensorboard: bool = False,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 3,
+    resume: bool = False,
 ) -> RunResult:
     """Train one model as ``config`` says and save it, with its history, in ``run_dir``.
 
     The test set is not touched here: choosing the checkpoint uses the validation split only.
+    ``deterministic`` refuses non-deterministic kernels (see :mod:`.reproducibility`);
+    ``tensorboard`` also writes TensorBoard event files in ``run_dir/tensorboard``.
+    A checkpoint is written after every epoch (and every ``checkpoint_every`` steps when > 0), the
+    newest ``keep_checkpoints`` kept; ``resume=True`` continues from the newest intact one.
+    In a ``torch.distributed`` job every process calls this; only rank 0 writes files.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dev = select_device(device)
-    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.seed)
-    if config.limit > 0:
-        train_idx = train_idx[: config.limit]
-    x_all = to_model_input(data.train_images).to(dev)
-    y_all = data.train_labels.to(dev)
-    train = (x_all[train_idx.to(dev)], y_all[train_idx.to(dev)])
-    val = (x_all[val_idx.to(dev)], y_all[val_idx.to(dev)]) if len(val_idx) else None
-    del x_all
+    env = distributed.current()
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    store = Checkpoints(run_dir, keep=keep_checkpoints)
+    state = None
+    if resume:
+        found = store.latest()
+        if found is None:  # killed before its first checkpoint was complete: nothing to lose
+            log.warning("%s has no intact checkpoint yet; training it again from the start", run_dir)
+        else:
+            path, state = found
+            if state["config"] != config.to_dict():
+                raise CheckpointError(f"{path} was written with another training config than {run_dir / 'run.json'}")
+            log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
+    started = read_run_settings(run_dir).get("started") if resume else None
+    started = started or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_json(run_dir / "run.json", {
+                "recipe": recipe, "train_config": config.to_dict(), "started": started, "deterministic": deterministic,
+                "threads": torch.get_num_threads(), "world_size": env.world_size, "tensorboard": tensorboard,
+                "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
+            })  # fmt: skip
+    train, val = split_tensors(config, data, dev)
+    steps = steps_per_epoch(len(train[0]), config.batch_size, env.world_size)
+    purge = (state["epoch"] - 1) * steps + state["step"] if state else 0 if resume else None
+    board = TensorBoardLogger(run_dir, purge_step=purge) if tensorboard and env.is_main else None
 
-    torch.manual_seed(config.seed)  # initialisation and dropout
+    previous = torch.are_deterministic_algorithms_enabled()
+    seed_everything(config.seed, deterministic)  # initialisation and dropout
     model = create_model(config.model).to(dev)
+    if env.rank > 0:  # same initial weights everywhere (DDP also broadcasts them); other dropout masks
+        torch.manual_seed(config.seed + 1_000_003 * env.rank)
     log.info(
-        "training %s (%s parameters) on %d images, validating on %d, device %s, %d CPU threads",
-        config.model, f"{count_parameters(model):,}", len(train_idx), len(val_idx), dev, torch.get_num_threads(),
+        "training %s (%s parameters) on %d images, validating on %d, device %s, %d CPU threads%s",
+        config.model, f"{count_parameters(model):,}", len(train[0]), len(val[0]) if val else 0, dev, torch.get_num_threads(),
+        f", {env.world_size} processes (global batch {config.batch_size})" if env.active else "",
     )  # fmt: skip
-    result = fit(
-        model, train, val, config, progress=progress, on_epoch=lambda r: write_history(run_dir, r.history),
-        on_step=on_step, step_every=step_every,
-    )  # fmt: skip
+
+    def on_epoch(result: FitResult) -> None:
+        if not env.is_main:
+            return
+        write_history(run_dir, result.history)
+        if board is not None:
+            board.epoch(result.history[-1], result.history[-1]["epoch"] * steps)
+
+    try:
+        if board is not None and state is None:
+            board.config({"recipe": recipe, **config.to_dict()})
+            board.images(data.train_images, data.train_labels)
+        result = fit(model, train, val, config, progress=progress, on_epoch=on_epoch,
+                     checkpoints=store, checkpoint_every=checkpoint_every, resume=state,
+                     on_step=on_step, step_every=step_every)  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        if board is not None:
+            board.close()
+    # Every process must end with the same model; check it rather than trust it.
+    digests = distributed.gather_objects(state_digest(model))
+    if len(set(digests)) > 1:
+        log.error("the processes ended with different weights (SHA-256 per rank: %s)", digests)
+    if not env.is_main:
+        return RunResult(run_dir, model, result, {})
     write_history(run_dir, result.history)
 
     meta = {
@@ -284,14 +465,21 @@ def train_run(
             "epochs_completed": len(result.history),
             "interrupted": result.interrupted,
             "train_seconds": round(result.train_seconds, 2),
-            "train_images": len(train_idx),
-            "val_images": len(val_idx),
+            "train_images": len(train[0]),
+            "val_images": len(val[0]) if val else 0,
             "device": str(dev),
             "threads": torch.get_num_threads(),
+            "processes": env.world_size,
+            "resumed_from_step": result.resumed_from,
+            "weights_sha256_per_rank": digests,
+            "deterministic": deterministic,
             "selection": "best validation accuracy" if val is not None else "last epoch (no validation split)",
         },
         "normalization": MNIST_NORMALIZATION,
         "data": {"source": data.source, "sha256": data.digests},
+        "versions": {**versions(), **package_versions()},
+        "git": git_commit(),
+        "started": started,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     save_model(run_dir, model, meta)

@@ -1,0 +1,128 @@
+"""The runs in a folder, as a table: ``mnist-cnn runs [FOLDER]``.
+
+Reads each run folder's ``config.json`` and ``metrics.json`` (and, for a run still training or
+stopped before it saved a model, its ``history.json`` and checkpoints); it never loads weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import MnistCnnError
+
+COLUMNS = ("run", "recipe", "model", "epochs", "val_acc", "test_acc", "time_s", "date", "status")
+
+
+@dataclass
+class RunRow:
+    run: str  # folder name
+    recipe: str | None
+    model: str | None
+    epochs: str  # "completed/planned", e.g. "10/10"
+    val_acc: float | None  # validation accuracy of the kept epoch
+    test_acc: float | None  # None until evaluated
+    time_s: float | None  # training seconds
+    date: str | None  # when the model was saved (ISO 8601)
+    status: str  # done, interrupted, not evaluated, in progress or stopped (checkpoints only)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def read_run(folder: Path) -> RunRow | None:
+    """One row for a run folder, or None when ``folder`` holds no run."""
+    config = _read_json(folder / "config.json")
+    metrics = _read_json(folder / "metrics.json")
+    history = _read_json(folder / "history.json")
+    has_checkpoints = (folder / "checkpoints").is_dir()
+    if not isinstance(config, dict):
+        if not isinstance(history, list) and not has_checkpoints:
+            return None
+        # Training has started but no model was saved yet: still running, or killed (resumable).
+        rows = [r for r in history if isinstance(r, dict)] if isinstance(history, list) else []
+        started = _read_json(folder / "run.json") or {}
+        planned = (started.get("train_config") or {}).get("epochs", "?")
+        val = [r["val_accuracy"] for r in rows if isinstance(r.get("val_accuracy"), float)]
+        return RunRow(
+            run=folder.name,
+            recipe=started.get("recipe"),
+            model=(started.get("train_config") or {}).get("model"),
+            epochs=f"{len(rows)}/{planned}",
+            val_acc=max(val, default=None),
+            test_acc=None,
+            time_s=sum(r.get("seconds", 0) for r in rows) or None,
+            date=started.get("started"),
+            status="in progress or stopped" + (" (resumable)" if has_checkpoints else ""),
+        )
+    training = config.get("training", {}) or {}
+    train_config = config.get("train_config", {}) or {}
+    metrics = metrics if isinstance(metrics, dict) else config.get("metrics") or {}
+    status = "interrupted" if training.get("interrupted") else "done"
+    if metrics.get("test_accuracy") is None:
+        status = "not evaluated" if status == "done" else status
+    return RunRow(
+        run=folder.name,
+        recipe=config.get("recipe"),
+        model=config.get("architecture"),
+        epochs=f"{training.get('epochs_completed', '?')}/{train_config.get('epochs', '?')}",
+        val_acc=metrics.get("val_accuracy"),
+        test_acc=metrics.get("test_accuracy"),
+        time_s=training.get("train_seconds"),
+        date=config.get("created"),
+        status=status,
+    )
+
+
+def list_runs(folder: str | os.PathLike, sort: str = "date") -> list[RunRow]:
+    """Every run directly under ``folder``, oldest first (``sort="date"``) or best validation
+    accuracy first (``sort="val"``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MnistCnnError(
+            f"runs folder {folder} does not exist (runs are written by: mnist-cnn train --runs-dir DIR)"
+        )
+    rows = [row for sub in sorted(folder.iterdir()) if sub.is_dir() and (row := read_run(sub)) is not None]
+    if sort == "val":
+        rows.sort(key=lambda r: -(r.val_acc or -1))
+    elif sort == "date":
+        rows.sort(key=lambda r: (r.date or "9999", r.run))  # unfinished runs last
+    elif sort != "name":
+        raise ValueError(f"unknown sort {sort!r}; choose date, val or name")
+    return rows
+
+
+def format_table(rows: list[RunRow]) -> str:
+    """A plain-text table with a header; accuracies as percentages, dates to the minute."""
+
+    def cell(row: RunRow, column: str) -> str:
+        value = getattr(row, column)
+        if value is None:
+            return "-"
+        if column in ("val_acc", "test_acc"):
+            return f"{100 * value:.2f}%"
+        if column == "time_s":
+            return f"{value:.0f}"
+        if column == "date":
+            return value[:16].replace("T", " ")
+        return str(value)
+
+    table = [list(COLUMNS)] + [[cell(r, c) for c in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    numeric = {"epochs", "val_acc", "test_acc", "time_s"}
+    return "\n".join(
+        "  ".join(
+            v.rjust(w) if c in numeric else v.ljust(w) for v, w, c in zip(line, widths, COLUMNS, strict=True)
+        ).rstrip()
+        for line in table
+    )
+
+
+def rows_as_dicts(rows: list[RunRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

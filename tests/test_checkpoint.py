@@ -1,0 +1,116 @@
+"""Crash-safe checkpoints: killed with SIGKILL at random moments and resumed, a deterministic run
+ends with the same weights as one never interrupted; damaged checkpoints are detected and skipped."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnist_cnn.checkpoint import CheckpointError, Checkpoints
+from mnist_cnn.cli import main
+from mnist_cnn.config import TrainConfig
+from mnist_cnn.train import train_run
+
+EXE = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
+# Everything with state: the deep model's batch norm and dropout, augmentation draws, an EMA of the
+# weights, a one-cycle schedule. 10 steps per epoch, a checkpoint every 2 steps.
+CONFIG = TrainConfig(model="deep", epochs=2, batch_size=32, limit=320, val_split="100", seed=5, ema=0.9,
+                     aug_rotate=10, aug_translate=0.1, label_smoothing=0.1, lr_schedule="onecycle",
+                     warmup=0.2)  # fmt: skip
+RUN = ["--model", "deep", "--epochs", "2", "--batch-size", "32", "--limit", "320", "--val-split", "100",
+       "--seed", "5", "--ema", "0.9", "--aug-rotate", "10", "--aug-translate", "0.1", "--label-smoothing", "0.1", "--lr-schedule", "onecycle", "--warmup", "0.2",
+       "--deterministic", "--checkpoint-every", "2", "--threads", "1", "--no-progress"]  # fmt: skip
+TOTAL_STEPS = 20
+
+
+def _steps(run_dir):  # complete checkpoints: their manifest is written last
+    return [int(p.stem.split("-")[1]) for p in Checkpoints(run_dir).paths() if p.with_suffix(".json").exists()]
+
+
+def _train(*args, mnist_dir):
+    return subprocess.Popen([EXE, "train", *map(str, args), "--data-dir", str(mnist_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist_dir, mnist):
+    runs = tmp_path / "runs"
+    torch.set_num_threads(1)  # as the command below: the thread count can change floating-point sums
+    train_run(CONFIG, mnist, runs / "whole", device="cpu", progress=False, deterministic=True)
+
+    rng = random.Random(os.getpid())
+    run_dir = runs / "killed"
+    kills = []
+    proc = _train(*RUN, "--runs-dir", runs, "--name", "killed", mnist_dir=mnist_dir)
+    for _ in range(3):
+        seen = max(_steps(run_dir), default=0)
+        deadline = time.monotonic() + 120
+        while max(_steps(run_dir), default=0) == seen and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        newest = max(_steps(run_dir), default=0)
+        if proc.poll() is not None or newest >= TOTAL_STEPS - 2:
+            break  # too close to the end to kill it during training
+        time.sleep(rng.uniform(0, 0.4))  # somewhere in the next steps, maybe while a checkpoint is written
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(newest)
+        assert not (run_dir / "model.safetensors").exists()
+        proc = _train("--resume", run_dir, "--no-progress", mnist_dir=mnist_dir)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert len(kills) >= 2, f"the run finished before it could be killed twice (killed after steps {kills})"
+
+    whole, resumed = load_file(runs / "whole" / "model.safetensors"), load_file(run_dir / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
+    assert not different, f"killed after checkpoint steps {kills}; differing tensors: {different}"
+    history = [json.loads((runs / name / "history.json").read_text()) for name in ("whole", "killed")]
+    assert [r["val_loss"] for r in history[0]] == [r["val_loss"] for r in history[1]]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["training"]["resumed_from_step"] is not None and config["training"]["epochs_completed"] == 2
+    assert len(Checkpoints(run_dir).paths()) == 3  # the newest K=3 kept
+
+    # A finished run is not resumed again.
+    r = subprocess.run([EXE, "train", "--resume", str(run_dir)], capture_output=True, text=True)
+    assert r.returncode == 1 and "finished training already" in r.stderr
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path):
+    store = Checkpoints(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        store.save({"weights": torch.full((4,), float(step)), "step": step}, step)
+    assert [p.name for p in store.paths()] == ["step-000000002.pt", "step-000000003.pt"]
+    newest = store.paths()[-1]
+    newest.write_bytes(newest.read_bytes()[:-10])  # cut short, as by a crash on a file system without fsync
+    path, state = store.latest()
+    assert (
+        path.name == "step-000000002.pt" and state["step"] == 2 and torch.equal(state["weights"], torch.full((4,), 2.0))
+    )
+    store.paths()[0].with_suffix(".json").unlink()  # no manifest: never finished writing
+    assert store.latest() is None
+    with pytest.raises(CheckpointError, match="manifest"):
+        store.load(newest)
+
+
+class Payload:  # any class: unpickling it could run code
+    pass
+
+
+def test_checkpoints_never_unpickle_objects(tmp_path):
+    store = Checkpoints(tmp_path)
+    path = store.save({"object": Payload()}, 1)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        store.load(path)
+
+
+def test_resume_mistakes_get_a_message(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 1
+    assert "no readable run.json" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text(json.dumps({"recipe": "basic", "train_config": {"epochs": 1}}))
+    assert main(["train", "--resume", str(tmp_path), "--lr", "0.1"]) == 1
+    assert "drop the training flags" in capsys.readouterr().err
