@@ -93,7 +93,9 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps(summary))
     base = summary["median_train_seconds"]["1 process"]
-    print(f"\n{args.recipe}, {args.limit} images x {args.epochs} epoch(s), {summary['machine']}, median of {args.repeats}\n")
+    print(
+        f"\n{args.recipe}, {args.limit} images x {args.epochs} epoch(s), {summary['machine']}, median of {args.repeats}\n"
+    )
     print("| setup | training time (median) | relative |\n|---|---|---|")
     for label, seconds in summary["median_train_seconds"].items():
         print(f"| {label} | {seconds:.1f} s | {seconds / base:.2f}x |")
