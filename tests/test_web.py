@@ -113,7 +113,8 @@ def test_undo_and_keyboard(page):
     draw(page, SEVEN)
     wait_for_label(page)
     draw(page, [[(0.35, 0.5), (0.6, 0.5)]])  # a crossbar
-    page.keyboard.press("Control+z")  # undo the crossbar: still a 7
+    page.keyboard.press("Control+z")  # undo the crossbar: still a 7 (waits out a slow answer on a busy machine)
+    page.wait_for_function("document.querySelector('#prediction').textContent === '7'", timeout=15000)
     page.wait_for_timeout(600)
     assert shown(page)["label"] == "7"
     page.focus("#undo")
