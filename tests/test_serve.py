@@ -136,8 +136,12 @@ def test_default_body_limit_is_one_mib(client):
 
 
 def test_image_limits_formats_and_broken_files(strict):
-    ok = strict.post("/v1/predict", files={"image": ("a.png", png(np.zeros((50, 50), np.uint8)), "image/png")})
+    one = np.zeros((50, 50), np.uint8)
+    one[10:40, 22:27] = 255  # a stroke: a digit to read
+    ok = strict.post("/v1/predict", files={"image": ("a.png", png(one), "image/png")})
     assert ok.status_code == 200
+    r = strict.post("/v1/predict", files={"image": ("a.png", png(np.zeros((50, 50), np.uint8)), "image/png")})
+    assert r.status_code == 422 and "no digit found" in r.json()["detail"]  # a blank page is not guessed
     r = strict.post("/v1/predict", files={"image": ("a.png", png(np.zeros((101, 100), np.uint8)), "image/png")})
     assert r.status_code == 413 and "100x101 pixels" in r.json()["detail"] and "10,000" in r.json()["detail"]
     r = strict.post("/v1/predict", files={"image": ("a.bmp", png(np.zeros((20, 20), np.uint8), "BMP"), "image/bmp")})

@@ -162,8 +162,10 @@ def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
         raise ApiError(413, f"image refused: too many pixels ({exc})", "image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data inside a valid header
         raise ApiError(422, f"image cannot be decoded: {exc}", "image") from None
-    except MnistCnnError as exc:
-        raise ApiError(422, f"image: {exc}", "image") from None
+    except preprocess.NoDigitError:  # a blank page: say so rather than guess
+        raise ApiError(422, "image: no digit found (no ink stands out from the background)", "image") from None
+    except MnistCnnError as exc:  # preprocess.ImageError: corrupt data inside a valid header
+        raise ApiError(422, f"image cannot be decoded: {exc}", "image") from None
     return image.astype(np.float32) / np.float32(255)
 
 
