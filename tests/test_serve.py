@@ -219,6 +219,8 @@ def test_readyz_is_503_until_the_model_is_loaded(exported_run, mnist, monkeypatc
         assert r.status_code == 503 and r.headers["retry-after"] == "3"
         r = c.post("/v1/predict", json={"pixels": [0] * 784})
         assert r.status_code == 503 and "loading" in r.json()["detail"]
+        r = c.post("/v1/read", files={"image": ("a.png", png(np.zeros((20, 60), np.uint8)), "image/png")})
+        assert r.status_code == 503 and r.headers["retry-after"] == "3" and "loading" in r.json()["detail"]
         gate.set()
         _ready(c)
         assert c.post("/v1/predict", json={"pixels": [0] * 784}).status_code == 200
@@ -251,9 +253,134 @@ def test_model_info(client, exported_run):
     assert info["onnx"]["verified"]["max_abs_logit_diff"] <= 1e-4
 
 
-def test_read_is_not_available_yet(client):
-    r = client.post("/v1/read", files={"image": ("a.png", png(np.zeros((20, 60), np.uint8)), "image/png")})
-    assert r.status_code == 501 and "not available" in r.json()["detail"]
+@pytest.fixture(scope="module")
+def sure(exported_run, mnist):
+    """Test digits the model reads right with probability > 0.9, by label: keeps the /v1/read tests about the wiring."""
+    clf = load_model(exported_run)
+    images, labels = mnist.test_images[:2000].numpy(), mnist.test_labels[:2000].numpy()
+    probs = clf.predict_proba(images)
+    ok = (probs.argmax(1) == labels) & (probs.max(1) > 0.9)
+    return {d: images[ok & (labels == d)][:3] for d in range(10)}
+
+
+def number_page(glyphs: list[np.ndarray], gap: int = 40, scale: int = 3, margin: int = 40) -> np.ndarray:
+    """MNIST digits scaled up and written left to right as dark ink on white paper, ``gap`` px apart."""
+    big = [np.asarray(Image.fromarray(g).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)) for g in glyphs]
+    crops = [b[:, np.nonzero(b.max(0) > 20)[0][0] : np.nonzero(b.max(0) > 20)[0][-1] + 1] for b in big]
+    page = np.zeros((28 * scale + 2 * margin, sum(c.shape[1] for c in crops) + gap * (len(crops) - 1) + 2 * margin), np.uint8)  # fmt: skip
+    x = margin
+    for c in crops:
+        page[margin : margin + c.shape[0], x : x + c.shape[1]] = c
+        x += c.shape[1] + gap
+    return 255 - page
+
+
+def test_read_gives_the_number_with_boxes_left_to_right(client, exported_run, sure):
+    from mnist_cnn.reading import read_digits
+
+    digits = [4, 0, 7, 1, 9, 2]
+    page = number_page([sure[d][0] for d in digits])
+    r = client.post("/v1/read", files={"image": ("number.png", png(page), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["found"] is True and body["text"] == "407192" and body["lines"] == ["407192"]
+    assert "detail" not in body and body["min_confidence"] == 0.7  # the service's --min-confidence
+    got = body["digits"]
+    assert [d["label"] for d in got] == digits and [d["char"] for d in got] == [str(d) for d in digits]
+    boxes = [d["box"] for d in got]
+    assert all(0 <= x0 < x1 <= page.shape[1] and 0 <= y0 < y1 <= page.shape[0] for x0, y0, x1, y1 in boxes)
+    assert all(a[2] <= b[0] for a, b in zip(boxes[:-1], boxes[1:], strict=True)), (
+        boxes
+    )  # left to right, not overlapping
+    assert all(d["confidence"] > 0.7 and not d["uncertain"] and d["line"] == 0 for d in got)
+    assert all(len(d["probabilities"]) == 10 and d["confidence"] == pytest.approx(max(d["probabilities"])) for d in got)  # fmt: skip
+    # The same answer as the library on the same file, with the runtime the service runs.
+    clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
+    expected = read_digits(clf, png(page), min_confidence=0.7)
+    assert [d["box"] for d in got] == [list(d.box) for d in expected.digits]
+    np.testing.assert_allclose([d["confidence"] for d in got], [d.confidence for d in expected.digits], atol=1e-5)
+
+
+def test_read_a_photographed_string_as_the_library_does(client, exported_run, mnist):
+    """A rendered photo (JPEG, uneven light, noise) of 5 test digits: the service answers what read_digits answers."""
+    from mnist_cnn.reading import read_digits
+    from mnist_cnn.synthetic import render_string
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    render_string(mnist.test_images[20:25].numpy(), rng).save(buf, "JPEG", quality=95)
+    clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
+    expected = read_digits(clf, buf.getvalue(), min_confidence=0.5).to_dict()
+    r = client.post("/v1/read", files={"image": ("photo.jpg", buf.getvalue(), "image/jpeg")}, data={"min_confidence": "0.5"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["text"] == expected["text"] and len(body["digits"]) == len(expected["digits"]) == 5
+    assert [d["box"] for d in body["digits"]] == [d["box"] for d in expected["digits"]]
+    assert [d["char"] for d in body["digits"]] == [d["char"] for d in expected["digits"]]
+
+
+def test_read_min_confidence_from_the_form_or_the_query(client, sure):
+    data = png(number_page([sure[d][1] for d in (2, 5, 8)]))
+    upload = {"image": ("n.png", data, "image/png")}
+    plain = client.post("/v1/read", files=upload, data={"min_confidence": "0"}).json()
+    assert plain["text"] == "258" and plain["min_confidence"] == 0
+    confidences = [d["confidence"] for d in plain["digits"]]
+    low, middle = sorted(confidences)[:2]
+    assert middle - low > 1e-5, confidences  # (rounded to 6 decimals in the answer)
+    level = (low + middle) / 2  # the least sure digit is below it, the others are not
+    expected = "".join("?" if c < level else d["char"] for c, d in zip(confidences, plain["digits"], strict=True))
+    assert expected.count("?") == 1
+    for kwargs in ({"data": {"min_confidence": str(level)}}, {"params": {"min_confidence": str(level)}}):
+        body = client.post("/v1/read", files=upload, **kwargs).json()
+        assert body["text"] == expected and body["min_confidence"] == level
+        assert [d["label"] for d in body["digits"]] == [2, 5, 8]  # the best guess is still there
+        assert [d["uncertain"] for d in body["digits"]] == [c == "?" for c in expected]
+    for bad in ("abc", "1.5", "-0.1", "nan", "inf"):
+        r = client.post("/v1/read", files=upload, data={"min_confidence": bad})
+        assert r.status_code == 422 and r.json()["field"] == "min_confidence", (bad, r.text)
+        r = client.post("/v1/read", files=upload, params={"min_confidence": bad})
+        assert r.status_code == 422 and r.json()["field"] == "min_confidence", (bad, r.text)
+    r = client.post("/v1/read", files=upload, data={"min_confidence": "0.5"}, params={"min_confidence": "0.5"})
+    assert r.status_code == 422 and "sent twice" in r.json()["detail"]
+
+
+def test_read_an_image_without_ink_is_no_digit_found(client):
+    for blank in (np.full((120, 400), 235, np.uint8), np.zeros((60, 60), np.uint8)):
+        r = client.post("/v1/read", files={"image": ("blank.png", png(blank), "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["found"] is False and body["text"] == "" and body["lines"] == [] and body["digits"] == []
+        assert body["detail"] == "no digit found in the image"
+
+
+def test_read_refuses_bad_uploads_with_client_errors(strict):
+    def read(image=None, **kwargs):
+        files = {"image": image} if image is not None else kwargs.pop("files")
+        return strict.post("/v1/read", files=files, **kwargs)
+
+    r = read(("a.png", png(np.zeros((101, 100), np.uint8)), "image/png"))
+    assert r.status_code == 413 and "100x101 pixels" in r.json()["detail"] and r.json()["field"] == "image"
+    big = png(np.random.default_rng(1).integers(0, 255, (90, 90), dtype=np.uint8))  # ~8 KB > 4,096 bytes
+    r = read(("a.png", big, "image/png"))
+    assert r.status_code == 413 and "larger than the limit of 4,096 bytes" in r.json()["detail"]
+    r = read(("a.bmp", png(np.zeros((20, 20), np.uint8), "BMP"), "image/bmp"))
+    assert r.status_code == 415 and "BMP is not accepted" in r.json()["detail"]
+    r = read(("a.txt", b"hello, not an image", "text/plain"))
+    assert r.status_code == 415 and r.json()["field"] == "image"
+    truncated = png(np.random.default_rng(0).integers(0, 255, (60, 60), dtype=np.uint8))[:300]
+    r = read(("a.png", truncated, "image/png"))
+    assert r.status_code == 422 and r.json()["field"] == "image" and "decod" in r.json()["detail"]
+    r = read(("a.png", b"", "image/png"))
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    r = read(files={"photo": ("a.png", b"x", "image/png")})
+    assert r.status_code == 422 and "field named 'image'" in r.json()["detail"]
+    r = strict.post("/v1/read", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})  # fmt: skip
+    assert r.status_code == 422
+    for ctype, content in (("application/json", b'{"pixels": [0]}'), ("image/png", png(np.zeros((9, 9), np.uint8))), ("", b"1")):  # fmt: skip
+        r = strict.post("/v1/read", content=content, headers={"content-type": ctype})
+        assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"], r.text
+    r = strict.get("/v1/read")
+    assert r.status_code == 405
 
 
 def test_openapi_docs_and_the_page(client):
@@ -263,6 +390,11 @@ def test_openapi_docs_and_the_page(client):
     assert set(body) == {"application/json", "multipart/form-data"}
     assert {"413", "415", "422", "503"} <= set(spec["paths"]["/v1/predict"]["post"]["responses"])
     assert {"/healthz", "/readyz", "/v1/model", "/v1/read"} <= set(spec["paths"])
+    read = spec["paths"]["/v1/read"]["post"]
+    assert set(read["requestBody"]["content"]) == {"multipart/form-data"}
+    assert set(read["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {"image", "min_confidence"}  # fmt: skip
+    assert {"200", "413", "415", "422", "503"} <= set(read["responses"]) and "501" not in read["responses"]
+    assert "/v1/read" in spec["info"]["description"]
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<canvas id="pad"' in page.text

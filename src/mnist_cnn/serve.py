@@ -4,7 +4,9 @@
 lifespan (in a thread, so ``/healthz`` answers and ``/readyz`` says 503 meanwhile). Every
 ``/v1/predict`` request is parsed and checked on the event loop, then queued; one worker thread
 takes everything queued so far as one batch through the model, so 16 concurrent clients cost
-about one forward pass instead of 16. ``mnist-cnn serve RUN`` runs it on uvicorn.
+about one forward pass instead of 16. ``/v1/read`` takes an image of a number and answers what
+:func:`mnist_cnn.reading.read_digits` finds (segmentation and its forward passes in a worker thread,
+outside the batcher). ``mnist-cnn serve RUN`` runs it on uvicorn.
 
 >>> from mnist_cnn.serve import Settings, create_app        # doctest: +SKIP
 >>> app = create_app("runs/basic", Settings(runtime="torch"))  # doctest: +SKIP
@@ -46,6 +48,7 @@ from . import __version__
 from .config import ServeSettings as Settings
 from .errors import MnistCnnError
 from .inference import load_model, read_config
+from .preprocess import ImageError, NoDigitError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mnist_cnn.access")
@@ -134,11 +137,14 @@ def _json_type(v) -> str:
     return names.get(type(v), type(v).__name__)
 
 
-def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
-    """An uploaded image file as a (28, 28) float32 image in 0-1, through the package's preprocessing."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _with_upload(data: bytes, settings: Settings, use):
+    """Open an uploaded image file, check its format and pixel count against the limits, and pass it to ``use``.
 
-    from . import preprocess
+    Every client mistake becomes an ApiError: 415 for a format outside the allow-list or not an
+    image at all, 413 for too many pixels, 422 for an empty, truncated or corrupt file (or one the
+    package's preprocessing refuses, e.g. no ink for one digit).
+    """
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ApiError(422, "image is empty (0 bytes)", "image")
@@ -152,21 +158,52 @@ def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
                 if img.width * img.height > settings.max_image_pixels:
                     raise ApiError(413, f"image is {img.width}x{img.height} pixels, more than the limit of {settings.max_image_pixels:,}", "image")  # fmt: skip
                 img.seek(0)
-                if hasattr(preprocess, "preprocess_image"):  # the full MNIST-style pipeline, where it exists
-                    image = preprocess.preprocess_image(img).array
-                else:  # the simple one: greyscale, resize, invert a light background
-                    image = preprocess.to_mnist(preprocess._to_grey(ImageOps.exif_transpose(img)))
+                return use(img)
     except UnidentifiedImageError:
         raise ApiError(415, "image is not an image file Pillow can read", "image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ApiError(413, f"image refused: too many pixels ({exc})", "image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data inside a valid header
         raise ApiError(422, f"image cannot be decoded: {exc}", "image") from None
-    except preprocess.NoDigitError:  # a blank page: say so rather than guess
+    except NoDigitError as exc:  # a blank page: say so rather than guess (or, for /v1/read, far too many marks)
+        reason = str(exc).removeprefix("<image>: ")
+        if "separate marks" in reason:
+            raise ApiError(422, f"image: {reason}", "image") from None
         raise ApiError(422, "image: no digit found (no ink stands out from the background)", "image") from None
-    except MnistCnnError as exc:  # preprocess.ImageError: corrupt data inside a valid header
-        raise ApiError(422, f"image cannot be decoded: {exc}", "image") from None
+    except ImageError as exc:  # the package's decoding refused it (truncated or corrupt pixel data)
+        raise ApiError(422, f"image cannot be decoded: {str(exc).removeprefix('<image>: ')}", "image") from None
+
+
+def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
+    """An uploaded image file as a (28, 28) float32 image in 0-1, through the package's preprocessing."""
+    from .preprocess import preprocess_image
+
+    image = _with_upload(data, settings, lambda img: preprocess_image(img).array)
     return image.astype(np.float32) / np.float32(255)
+
+
+def read_upload(data: bytes, settings: Settings, classifier, min_confidence: float) -> dict:
+    """Every digit in an uploaded image, through :func:`mnist_cnn.reading.read_digits`: the JSON body of /v1/read."""
+    from .reading import read_digits
+
+    reading = _with_upload(data, settings, lambda img: read_digits(classifier, img, min_confidence=min_confidence))
+    body = {**reading.to_dict(), "min_confidence": min_confidence}
+    if not reading.found:
+        body["detail"] = "no digit found in the image"
+    return body
+
+
+def parse_min_confidence(value: str | None, default: float) -> float:
+    """The optional ``min_confidence`` of /v1/read (a number in 0-1), else ``default``; ApiError(422) if malformed."""
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ApiError(422, f"min_confidence must be a number between 0 and 1; got {value[:40]!r}", "min_confidence") from None  # fmt: skip
+    if not 0 <= number <= 1:  # also refuses nan
+        raise ApiError(422, f"min_confidence must be between 0 and 1; got {value[:40]}", "min_confidence")
+    return number
 
 
 # ----------------------------------------------------------------------------- micro-batching
@@ -250,6 +287,7 @@ class Service:
         self.error: str | None = None
         self.started = time.time()
         self.parameters: int | None = None
+        self.reads = 0  # /v1/read requests being computed now (they bypass the batcher)
 
     @property
     def ready(self) -> bool:
@@ -293,10 +331,13 @@ class Service:
         if self.batcher is not None:
             await self.batcher.stop()
 
-    async def predict(self, image: np.ndarray) -> Response:
+    def _check_ready(self) -> None:
         if self.batcher is None:
             raise ApiError(503, "the model is still loading" if self.error is None else f"the model could not be loaded: {self.error}",
                            headers={"Retry-After": str(self.settings.retry_after_s)})  # fmt: skip
+
+    async def predict(self, image: np.ndarray) -> Response:
+        self._check_ready()
         try:
             probs = await self.batcher.submit(image)
         except QueueFull:
@@ -311,6 +352,19 @@ class Service:
             "probabilities": probs,
             "input": np.rint(image * 255).astype(np.uint8),
         })  # fmt: skip
+
+    async def read(self, data: bytes, min_confidence: float) -> Response:
+        """Read every digit in an uploaded image (segmentation and its forward passes in a worker thread)."""
+        self._check_ready()
+        if self.reads >= self.settings.max_queue:
+            raise ApiError(503, "too many requests are waiting; retry shortly",
+                           headers={"Retry-After": str(self.settings.retry_after_s)})  # fmt: skip
+        self.reads += 1
+        try:
+            body = await run_in_threadpool(read_upload, data, self.settings, self.classifier, min_confidence)
+        finally:
+            self.reads -= 1
+        return _json(body)
 
     def describe(self) -> dict:
         c = self.config
@@ -434,9 +488,23 @@ class Prediction(BaseModel):
     input: list[list[int]] = Field(description="the 28x28 image (0-255) the model saw")
 
 
-class Reading(BaseModel):
-    text: str
-    digits: list[dict]
+class ReadDigit(BaseModel):
+    box: list[int] = Field(description="[left, top, right, bottom] of the digit's ink, in the uploaded image's pixels")
+    line: int = Field(description="text line the digit is on, 0 for the top one")
+    label: int = Field(description="the most probable digit")
+    char: str = Field(description="the label, or '?' when confidence is below min_confidence")
+    confidence: float = Field(description="the probability of that digit")
+    uncertain: bool = Field(description="confidence is below min_confidence")
+    probabilities: list[float] = Field(description="one probability per digit 0-9")
+
+
+class ReadingResult(BaseModel):
+    text: str = Field(description="the digits left to right, lines joined by a newline, '?' for an uncertain digit; '' when no digit was found")  # fmt: skip
+    found: bool = Field(description="false when the image holds no ink: then text is '' and digits is empty")
+    lines: list[str] = Field(description="text, one string per line, top to bottom")
+    digits: list[ReadDigit] = Field(description="every digit, line by line, left to right")
+    min_confidence: float = Field(description="the threshold used: min_confidence of the request, else the service's")
+    detail: str | None = Field(None, description="'no digit found in the image' when found is false")
 
 
 _ERRORS = {
@@ -456,6 +524,33 @@ _PREDICT_BODY = {
                     "properties": {
                         "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, ... of one digit"}
                     },  # fmt: skip
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
+_MIN_CONFIDENCE_HELP = "digits less probable than this are shown as '?' (also accepted as a query parameter; default: the service's min_confidence)"  # fmt: skip
+_READ_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG, JPEG, ... of a number (digits on one or more lines)",
+                        },
+                        "min_confidence": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "description": _MIN_CONFIDENCE_HELP,
+                        },
+                    },
                     "required": ["image"],
                 }
             },
@@ -486,7 +581,9 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
     app = FastAPI(
         title="mnist-cnn",
         version=__version__,
-        description="Handwritten digit recognition. `POST /v1/predict` with an image or 784 pixel values.",
+        description="Handwritten digit recognition. `POST /v1/predict` with an image or 784 pixel values for one "
+        "digit; `POST /v1/read` with an image of a number (several digits, one or more lines) for the string, "
+        "each digit's box, label and confidence.",
         lifespan=lifespan,
     )
     app.state.service = service
@@ -505,11 +602,19 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
         image = await _read_image(request, settings)
         return await service.predict(image)
 
-    @app.post("/v1/read", response_model=Reading, responses={**_ERRORS, 501: {"model": ErrorBody}},
-              summary="Read a multi-digit number from an image (not available yet)")  # fmt: skip
+    @app.post("/v1/read", response_model=ReadingResult, responses=_ERRORS, openapi_extra=_READ_BODY,
+              summary="Read a number: every digit in an uploaded image, left to right, line by line")  # fmt: skip
     async def read(request: Request):
-        await request.body()  # the body limit still applies
-        raise ApiError(501, "multi-digit reading is not available in this version; use /v1/predict for one digit")
+        ctype = _content_type(request)
+        if ctype != "multipart/form-data":
+            raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; /v1/read takes multipart/form-data with the image in a field named 'image'", "content-type")  # fmt: skip
+        data, fields = await _upload(request, settings)
+        query = request.query_params.get("min_confidence")
+        if query is not None and fields.get("min_confidence") is not None:
+            raise ApiError(422, "min_confidence was sent twice (query and form); send it once", "min_confidence")
+        value = fields.get("min_confidence", query)
+        min_confidence = parse_min_confidence(value, settings.min_confidence)
+        return await service.read(data, min_confidence)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():
@@ -542,21 +647,33 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
     return app
 
 
-async def _read_image(request: Request, settings: Settings) -> np.ndarray:
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if ctype == "application/json":
-        return parse_pixels(await request.body())
-    if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_body_bytes)
-        except MultiPartException as exc:
-            raise ApiError(422, f"malformed multipart body: {exc.message}", "body") from None
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _upload(request: Request, settings: Settings) -> tuple[bytes, dict[str, str]]:
+    """The bytes of the multipart file field ``image``, and the text fields sent with it."""
+    try:
+        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_body_bytes)
+    except MultiPartException as exc:
+        raise ApiError(422, f"malformed multipart body: {exc.message}", "body") from None
+    try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             names = ", ".join(repr(k) for k in form.keys()) or "none"
             raise ApiError(422, f"image is required: a multipart file field named 'image' (fields sent: {names})", "image")  # fmt: skip
-        data = await upload.read()
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        return await upload.read(), fields
+    finally:
         await form.close()
+
+
+async def _read_image(request: Request, settings: Settings) -> np.ndarray:
+    ctype = _content_type(request)
+    if ctype == "application/json":
+        return parse_pixels(await request.body())
+    if ctype == "multipart/form-data":
+        data, _ = await _upload(request, settings)
         return await run_in_threadpool(decode_upload, data, settings)
     raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; send application/json or multipart/form-data", "content-type")  # fmt: skip
 
