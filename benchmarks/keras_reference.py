@@ -22,8 +22,7 @@ import statistics
 import time
 
 import numpy as np
-
-THRESHOLDS = (0.985, 0.99, 0.995, 0.997)
+from train_speed import seconds_to, threshold_summary  # the same thresholds and summary as our recipes
 
 
 def build(keras):
@@ -85,17 +84,13 @@ def train_once(seed: int, epochs: int, eval_every: int) -> tuple[dict, object, n
     model.fit(x, y, batch_size=32, epochs=epochs, shuffle=True, verbose=0, callbacks=[trace])
     train_seconds = time.perf_counter() - start - trace.paused
     final = float((model.predict(xt, batch_size=1024, verbose=0).argmax(1) == yt).mean())
-    reached = {}
-    for t in THRESHOLDS:
-        hit = next((p for p in trace.points if p["test_accuracy"] >= t), None)
-        reached[f"{t * 100:g}"] = hit["seconds"] if hit else None
     row = {
         "model": "keras basic",
         "seed": seed,
         "epochs": epochs,
         "train_seconds": round(train_seconds, 2),
         "final_test_accuracy": final,
-        "seconds_to": reached,
+        "seconds_to": seconds_to(trace.points),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -159,10 +154,7 @@ def main() -> None:
         "cpu": _cpu(),
         "cores": os.cpu_count(),
     }
-    for key in rows[0]["seconds_to"]:
-        times = [r["seconds_to"][key] for r in rows]
-        summary[f"seconds_to_{key}_median"] = statistics.median(times) if all(t is not None for t in times) else None
-        summary[f"seeds_reaching_{key}"] = sum(t is not None for t in times)
+    summary.update(threshold_summary(rows))
     print(json.dumps(summary))
     print()
     keys = list(rows[0]["seconds_to"])

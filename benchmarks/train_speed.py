@@ -58,10 +58,6 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int) -> 
         config, data, run_dir, recipe=recipe, device="cpu", progress=False, on_step=on_step, step_every=every
     )
     metrics = evaluate_run(run_dir, data)
-    reached = {}
-    for t in THRESHOLDS:
-        hit = next((p for p in trace if p["test_accuracy"] >= t), None)
-        reached[f"{t * 100:g}"] = hit["seconds"] if hit else None
     return {
         "recipe": recipe,
         "seed": seed,
@@ -70,12 +66,31 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int) -> 
         "best_epoch": result.fit.best_epoch,
         "val_accuracy": metrics["val_accuracy"],
         "final_test_accuracy": metrics["test_accuracy"],
-        "seconds_to": reached,
+        "seconds_to": seconds_to(trace),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(),
         "trace": trace,
         "run_dir": str(run_dir),
     }
+
+
+def seconds_to(trace: list[dict]) -> dict:
+    """Training seconds at the first measurement reaching each threshold (None: never reached)."""
+    reached = {}
+    for t in THRESHOLDS:
+        hit = next((p for p in trace if p["test_accuracy"] >= t), None)
+        reached[f"{t * 100:g}"] = hit["seconds"] if hit else None
+    return reached
+
+
+def threshold_summary(rows: list[dict]) -> dict:
+    """Median seconds to each threshold over the runs (None unless every run got there), and how many did."""
+    out = {}
+    for key in rows[0]["seconds_to"]:
+        times = [r["seconds_to"][key] for r in rows]
+        out[f"seconds_to_{key}_median"] = statistics.median(times) if all(t is not None for t in times) else None
+        out[f"seeds_reaching_{key}"] = sum(t is not None for t in times)
+    return out
 
 
 def _val(config, data):
@@ -97,11 +112,7 @@ def summarise(rows: list[dict]) -> dict:
         "train_seconds_max": max(r["train_seconds"] for r in rows),
         "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rows),
     }
-    for key in rows[0]["seconds_to"]:
-        times = [r["seconds_to"][key] for r in rows]
-        out[f"seconds_to_{key}_median"] = statistics.median(times) if all(t is not None for t in times) else None
-        out[f"seeds_reaching_{key}"] = sum(t is not None for t in times)
-    return out
+    return {**out, **threshold_summary(rows)}
 
 
 def table(summary: dict, rows: list[dict]) -> str:

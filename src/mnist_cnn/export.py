@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import MnistCnnError, ModelFolderError
-from .inference import CONFIG, LABELS, MNIST_NORMALIZATION, WEIGHTS, load_model, read_config, to_model_input, write_json
+from .inference import CONFIG, WEIGHTS, BaseClassifier, load_model, read_config, to_model_input, write_json
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,11 @@ def verify_onnx(folder: str | os.PathLike, images, tolerance: float = TOLERANCE,
     return diff
 
 
-class OnnxClassifier:
+class OnnxClassifier(BaseClassifier):
     """The ONNX Runtime counterpart of :class:`mnist_cnn.inference.Classifier` (same predict methods)."""
 
     runtime = "onnxruntime"
+    default_batch_size = 1000
 
     def __init__(self, folder: str | os.PathLike, config: dict | None = None, threads: int | None = None):
         ort = _require_onnx()
@@ -177,33 +178,11 @@ class OnnxClassifier:
         self._input = self.session.get_inputs()[0].name
         self.device = torch.device("cpu")
 
-    @property
-    def labels(self) -> list[str]:
-        return self.config.get("labels", LABELS)
-
-    @property
-    def normalization(self) -> dict:
-        return self.config.get("normalization", MNIST_NORMALIZATION)
-
-    def logits(self, images, batch_size: int = 1000) -> torch.Tensor:
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
+        """Raw logits from the exported graph; :meth:`predict_proba` divides them by the temperature."""
         x = to_model_input(images, self.normalization).numpy()
         if len(x) == 0:
             return torch.empty(0, 10)
-        out = [self.session.run(None, {self._input: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+        step = batch_size or self.default_batch_size
+        out = [self.session.run(None, {self._input: x[i : i + step]})[0] for i in range(0, len(x), step)]
         return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
-
-    @property
-    def temperature(self) -> float:
-        """The calibration temperature from config.json, as :attr:`mnist_cnn.inference.Classifier.temperature`."""
-        return float((self.config.get("calibration") or {}).get("temperature") or 1.0)
-
-    def predict_proba(self, images, batch_size: int = 1000) -> np.ndarray:
-        """Calibrated probabilities: the exported graph gives raw logits, divided here by the temperature."""
-        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
-
-    def predict(self, images, batch_size: int = 1000) -> np.ndarray:
-        return self.logits(images, batch_size).argmax(dim=1).numpy()
-
-    def __repr__(self) -> str:
-        acc = self.config.get("metrics", {}).get("test_accuracy")
-        return f"OnnxClassifier({self.config.get('architecture')!r}, test_accuracy={acc})"

@@ -116,7 +116,44 @@ def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SI
         model.train(was_training)
 
 
-class Classifier:
+class BaseClassifier:
+    """What every runtime shares: labels, normalisation and temperature from ``config.json``, and
+    predictions built on a subclass's :meth:`logits`."""
+
+    runtime = ""
+    default_batch_size = BATCH_SIZE
+    config: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.get("labels", LABELS)
+
+    @property
+    def normalization(self) -> dict:
+        return self.config.get("normalization", MNIST_NORMALIZATION)
+
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before the softmax; fitted on the validation split by ``mnist-cnn calibrate`` (1.0: not calibrated)."""
+        return float((self.config.get("calibration") or {}).get("temperature") or 1.0)
+
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_proba(self, images, batch_size: int | None = None) -> np.ndarray:
+        """Calibrated class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
+        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
+
+    def predict(self, images, batch_size: int | None = None) -> np.ndarray:
+        """Predicted digit per image, shaped (N,)."""
+        return self.logits(images, batch_size).argmax(dim=1).numpy()
+
+    def __repr__(self) -> str:
+        acc = self.config.get("metrics", {}).get("test_accuracy")
+        return f"{type(self).__name__}({self.config.get('architecture')!r}, test_accuracy={acc})"
+
+
+class Classifier(BaseClassifier):
     """A trained model ready to predict: wraps the network and its ``config.json``."""
 
     runtime = "torch"
@@ -135,37 +172,12 @@ class Classifier:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    @property
-    def labels(self) -> list[str]:
-        return self.config.get("labels", LABELS)
-
-    @property
-    def normalization(self) -> dict:
-        return self.config.get("normalization", MNIST_NORMALIZATION)
-
-    @property
-    def temperature(self) -> float:
-        """Divides the logits before the softmax; fitted on the validation split by ``mnist-cnn calibrate`` (1.0: not calibrated)."""
-        return float((self.config.get("calibration") or {}).get("temperature") or 1.0)
-
-    def logits(self, images, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
         """Raw logits, shaped (N, 10), before the temperature."""
         x = to_model_input(images, self.normalization).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return batched_logits(self.model, x, batch_size).cpu()
-
-    def predict_proba(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Calibrated class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
-        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
-
-    def predict(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Predicted digit per image, shaped (N,)."""
-        return self.logits(images, batch_size).argmax(dim=1).numpy()
-
-    def __repr__(self) -> str:
-        acc = self.config.get("metrics", {}).get("test_accuracy")
-        return f"Classifier({self.config.get('architecture')!r}, test_accuracy={acc})"
+        return batched_logits(self.model, x, batch_size or self.default_batch_size).cpu()
 
 
 def save_model(folder: str | os.PathLike, model: nn.Module, config: dict) -> Path:
