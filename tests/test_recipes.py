@@ -65,6 +65,29 @@ def test_fast_recipe_learns_in_one_epoch_on_a_subset(mnist, tmp_path):
     assert result.fit.history[0]["val_accuracy"] > 0.95
 
 
+def test_bf16_training_learns_and_keeps_float32_weights(mnist, tmp_path):
+    # Forced bf16 (emulated where the CPU has no native bfloat16): the steps run in bfloat16, what
+    # is optimised, validated and saved stays float32, and the model still learns.
+    config = RECIPES["fast"].config.replace(limit=6000, val_split="1000", precision="bf16")
+    result = train_run(config, mnist, tmp_path / "bf16", recipe="fast", device="cpu", progress=False)
+    assert result.fit.history[0]["val_accuracy"] > 0.9
+    clf = load_model(tmp_path / "bf16")
+    assert {p.dtype for p in clf.model.parameters()} == {torch.float32}
+    assert clf.predict_proba(mnist.test_images[:3]).dtype == np.float32
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from mnist_cnn import train
+
+    cpu = torch.device("cpu")
+    assert not train.uses_bf16("fp32", cpu) and train.uses_bf16("bf16", cpu)
+    for native in (True, False):
+        monkeypatch.setattr(train, "native_bf16", lambda device, native=native: native)
+        assert train.uses_bf16("auto", cpu) is native
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; choose one of: fp32, bf16, auto"):
+        TrainConfig(precision="fp16")
+
+
 def test_with_ema_and_augmentation_the_kept_checkpoint_is_the_best_on_validation(mnist):
     train, val = _subset(mnist, 0, 1500), _subset(mnist, 50_000, 1000)
     config = TrainConfig(model="fast", epochs=5, batch_size=50, lr=0.05, seed=2, ema=0.9, aug_rotate=10,

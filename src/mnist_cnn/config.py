@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .augment import Augmentation
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _help(text: str) -> dict:
@@ -57,6 +58,14 @@ class TrainConfig:
     channels_last: bool = field(
         default=True, metadata=_help("channels-last (NHWC) tensors: 1.2-1.4x faster training steps on CPU, measured")
     )
+    precision: str = field(
+        default="fp32",
+        metadata=_help(
+            "training-step arithmetic: 'fp32', 'bf16' (bfloat16 autocast; weights, optimiser and evaluation stay"
+            " float32; 1.5x faster steps measured on a CPU with AVX512-BF16, much slower on one without) or"
+            " 'auto' (bf16 where the CPU or GPU computes it natively, else fp32)"
+        ),
+    )
     val_split: str = field(
         default="5000",
         metadata=_help("validation images held out of the training set: a count, or a fraction such as 0.3"),
@@ -83,6 +92,8 @@ class TrainConfig:
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
             raise ValueError("warmup, label_smoothing and ema must each be in [0, 1)")
         _ = self.augmentation  # validates the ranges
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
         parse_val_split(self.val_split)
@@ -121,9 +132,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe("deep", "VGG-style conv/BN/pool/dropout network, Adam, 30 epochs, batch 256, cosine decay",
                TrainConfig(model="deep", epochs=30, batch_size=256, lr_schedule="cosine")),
         # Ours. Every setting below was chosen on the validation split (docs/benchmarks.md).
-        Recipe("fast", "the fastest route to 99%: 29k-parameter conv net, one epoch, batch 256, one-cycle lr 0.01, label smoothing",
+        Recipe("fast", "the fastest route to 99%: 29k-parameter conv net, one epoch, batch 256, one-cycle lr 0.01, label smoothing, bfloat16 where native",
                TrainConfig(model="fast", epochs=1, batch_size=256, lr=1e-2, lr_schedule="onecycle", warmup=0.2,
-                           label_smoothing=0.1)),
+                           label_smoothing=0.1, precision="auto")),
         Recipe("best", "the most accurate single model in minutes: augmentation, EMA, label smoothing, cosine decay",
                TrainConfig(model="best", epochs=20, batch_size=128, lr=4e-3, lr_schedule="cosine", warmup=0.05,
                            label_smoothing=0.1, ema=0.998, aug_rotate=10, aug_scale=0.1, aug_translate=0.1)),

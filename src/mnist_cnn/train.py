@@ -83,6 +83,20 @@ def lr_factor(config: TrainConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (AVX512-BF16 or AMX on a CPU), so autocast pays off."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """``precision`` ('fp32', 'bf16' or 'auto') resolved for ``device``."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
     if config.weight_decay > 0:
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -170,6 +184,7 @@ def fit(
     opt, sched = _make_optimizer(model, config, config.epochs * steps)
     ema = _make_ema(model, config.ema)
     kept = ema.module if ema is not None else model  # what is validated and kept
+    bf16 = uses_bf16(config.precision, x.device)
     aug = config.augmentation
     fill = x.amin().item() if aug.active and n else 0.0  # the background of normalised digits
     shuffle = torch.Generator().manual_seed(config.seed)  # on the CPU, so shuffling never depends on the device
@@ -248,7 +263,9 @@ def fit(
                 xb, yb = x[idx], y[idx]
                 if aug.active:
                     xb = aug(xb, aug_rng, fill)
-                logits = net(xb)
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = net(xb)
+                logits = logits.float()
                 ce_sum = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing, reduction="sum")
                 # DDP averages the processes' gradients, so this makes it the global batch's mean.
                 loss = ce_sum * (world / len(batch))
@@ -425,8 +442,9 @@ def train_run(
     if env.rank > 0:  # same initial weights everywhere (DDP also broadcasts them); other dropout masks
         torch.manual_seed(config.seed + 1_000_003 * env.rank)
     log.info(
-        "training %s (%s parameters) on %d images, validating on %d, device %s, %d CPU threads%s",
+        "training %s (%s parameters) on %d images, validating on %d, device %s, %d CPU threads, %s steps%s",
         config.model, f"{count_parameters(model):,}", len(train[0]), len(val[0]) if val else 0, dev, torch.get_num_threads(),
+        "bfloat16" if uses_bf16(config.precision, dev) else "float32",
         f", {env.world_size} processes (global batch {config.batch_size})" if env.active else "",
     )  # fmt: skip
 
