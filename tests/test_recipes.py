@@ -55,7 +55,7 @@ def test_recipe_settings_and_sizes():
     assert (fast.model, fast.epochs, fast.lr_schedule) == ("fast", 1, "onecycle")
     assert best.model == "best" and best.ema > 0 and best.label_smoothing > 0 and best.augmentation.active
     assert count_parameters(create_model("fast")) == 29_434
-    assert count_parameters(create_model("best")) == 82_258
+    assert count_parameters(create_model("best")) == 141_930
 
 
 def test_fast_recipe_learns_in_one_epoch_on_a_subset(mnist, tmp_path):

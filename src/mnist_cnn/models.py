@@ -168,7 +168,7 @@ class Best(_ConvNet):
     The ``best`` recipe trains it with augmentation, label smoothing and an EMA of the weights.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 24, dropout: float = 0.0):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, dropout: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
             *_conv_pool_bn(in_channels, width, 5),  # (B, w, 14, 14)
