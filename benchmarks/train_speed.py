@@ -96,7 +96,7 @@ def threshold_summary(rows: list[dict]) -> dict:
 def _val(config, data):
     from mnist_cnn.data import split_validation
 
-    return split_validation(len(data.train_images), config.val_split, config.seed)[1]
+    return split_validation(len(data.train_images), config.val_split, config.validation_seed)[1]
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn.config import RECIPES, TrainConfig
+from mnist_cnn.data import split_validation
 from mnist_cnn.ensemble import TTA, make_ensemble
 from mnist_cnn.errors import ModelFolderError
 from mnist_cnn.evaluate import evaluate_run
@@ -168,6 +169,27 @@ def test_ensemble_folder_averages_its_members_probabilities(two_runs, mnist, tmp
     metrics = evaluate_run(out, mnist)
     assert metrics["test_accuracy"] > 0.9 and metrics["val_accuracy"] is None
     assert (out / "report.html").is_file()
+
+
+def test_members_sharing_one_validation_split_give_the_ensemble_a_validation_figure(two_runs, mnist, tmp_path, caplog):
+    # Seed 2 with split seed 0 holds out the same 1,000 images as two_runs[0] (seed 0).
+    assert (TrainConfig(seed=3).validation_seed, TrainConfig(seed=3, split_seed=0).validation_seed) == (3, 0)
+    config = RECIPES["fast"].config.replace(limit=3000, val_split="1000", seed=2, split_seed=0, epochs=2)
+    train_run(config, mnist, tmp_path / "fast-2", recipe="fast", device="cpu", progress=False)
+    out = make_ensemble([two_runs[0], tmp_path / "fast-2"], tmp_path / "ens")
+    assert json.loads((out / "config.json").read_text())["validation"] == {"val_split": "1000", "seed": 0}
+    metrics = evaluate_run(out, mnist)
+    _, val_idx = split_validation(len(mnist.train_images), "1000", 0)
+    by_hand = (
+        load_model(out).predict(mnist.train_images[val_idx].numpy()) == mnist.train_labels[val_idx].numpy()
+    ).mean()
+    assert 0.9 < metrics["val_accuracy"] == pytest.approx(by_hand)
+    assert metrics["temperature"] != 1.0  # calibrated as a whole, on that split
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        other = make_ensemble(two_runs, tmp_path / "ens-2")  # seeds 0 and 1: two different splits
+    assert "different validation splits" in caplog.text and "--split-seed" in caplog.text
+    assert "validation" not in json.loads((other / "config.json").read_text())
 
 
 def test_ensemble_refuses_bad_requests(two_runs, tmp_path):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
+from .config import validation_of
 from .data import MNIST, split_validation
 from .errors import MnistCnnError
 from .inference import CONFIG, load_model, write_json
@@ -73,14 +74,16 @@ def fit_temperature(logits: torch.Tensor, labels) -> float:
 
 
 def validation_split(config: dict, data: MNIST) -> tuple[np.ndarray, np.ndarray]:
-    """The run's validation images and labels, recreated from its saved train_config."""
-    train_config = config.get("train_config") or {}
-    if "val_split" not in train_config or "seed" not in train_config:
+    """The run's validation images and labels, recreated from its saved train_config (or, for an
+    ensemble, from the split its members share)."""
+    spec = validation_of(config)
+    if spec is None:
         raise CalibrationError(
             "calibration is not possible: the model folder does not record its validation split "
-            "(train_config.val_split and seed); the test set is never used for fitting"
+            "(train_config.val_split and seed; an ensemble whose members share one split); "
+            "the test set is never used for fitting"
         )
-    _, val_idx = split_validation(len(data.train_images), train_config["val_split"], train_config["seed"])
+    _, val_idx = split_validation(len(data.train_images), *spec)
     if len(val_idx) == 0:
         raise CalibrationError(
             "calibration is not possible: this run was trained without a validation split (val_split=0), "
@@ -103,8 +106,9 @@ def calibrate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu
     after = torch.softmax(logits / temperature, 1).numpy()
     record = {
         "temperature": round(temperature, 6),
-        "fitted_on": f"validation split ({len(labels)} images, val_split={clf.config['train_config']['val_split']}, "
-        f"seed={clf.config['train_config']['seed']})",
+        "fitted_on": "validation split ({} images, val_split={}, seed={})".format(
+            len(labels), *validation_of(clf.config)
+        ),
         "val_nll_before": round(nll(logits, labels), 6),
         "val_nll_after": round(nll(logits, labels, temperature), 6),
         "val_ece_before": round(expected_calibration_error(before, labels), 6),

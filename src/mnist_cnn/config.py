@@ -73,6 +73,13 @@ class TrainConfig:
     seed: int = field(
         default=0, metadata=_help("seeds the split, initialisation and shuffling, so a run can be repeated")
     )
+    split_seed: int | None = field(
+        default=None,
+        metadata=_help(
+            "seeds the validation split alone (default: --seed); give the members of an ensemble one split"
+            " so the ensemble can be validated too"
+        ),
+    )
     limit: int = field(default=0, metadata=_help("train on only the first N training images (0 = all); for quick runs"))
     eval_batch_size: int = field(
         default=1000, metadata=_help("images per forward pass when evaluating; only affects speed and memory")
@@ -108,8 +115,31 @@ class TrainConfig:
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def validation_seed(self) -> int:
+        return validation_seed(self.to_dict())
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def validation_seed(train_config: dict) -> int:
+    """The seed of a run's validation split, from its saved train_config (older runs: their seed)."""
+    split_seed = train_config.get("split_seed")
+    return int(train_config["seed"] if split_seed is None else split_seed)
+
+
+def validation_of(model_config: dict) -> tuple[str, int] | None:
+    """``(val_split, seed)`` of the images a model folder was selected on, or None if it does not say.
+
+    A run records its train_config; an ensemble records the split its members share, if they share one.
+    """
+    if "validation" in model_config:
+        return str(model_config["validation"]["val_split"]), int(model_config["validation"]["seed"])
+    train_config = model_config.get("train_config") or {}
+    if "val_split" in train_config and "seed" in train_config:
+        return str(train_config["val_split"]), validation_seed(train_config)
+    return None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ any other model folder.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -22,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import validation_of
 from .errors import ModelFolderError
+
+log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
 MEMBERS = "members"
@@ -106,6 +110,13 @@ def make_ensemble(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
     for m, run in zip(members, runs, strict=True):
         if m.config.get("architecture") == ENSEMBLE:
             raise ModelFolderError(f"{run} is itself an ensemble; list its members instead")
+    splits = {validation_of(m.config) for m in members}
+    shared = splits.pop() if len(splits) == 1 else None
+    if shared is None:
+        log.warning(
+            "the members were selected on different validation splits, so the ensemble cannot be validated "
+            "(or calibrated); train its members with one --split-seed"
+        )
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for i, run in enumerate(runs):
@@ -123,6 +134,7 @@ def make_ensemble(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
                          "test_accuracy": acc} for i, (run, m, acc) in enumerate(zip(runs, members, accs, strict=True))],
             "normalization": members[0].normalization,
             "labels": members[0].labels,
+            **({"validation": {"val_split": shared[0], "seed": shared[1]}} if shared else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )  # fmt: skip

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from . import report
 from .calibrate import ECE_BINS, CalibrationError, calibrate_run, expected_calibration_error
-from .config import TrainConfig
+from .config import TrainConfig, validation_of
 from .data import MNIST, split_validation
 from .inference import CONFIG, Classifier, load_model, read_config, write_json
 from .models import count_parameters
@@ -81,9 +81,12 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def validation_set(data: MNIST, train_config: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The validation images and labels a run was selected on (None if it had no validation split)."""
-    _, val_idx = split_validation(len(data.train_images), str(train_config["val_split"]), int(train_config["seed"]))
+def validation_set(data: MNIST, model_config: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The validation images and labels a model folder was selected on (None if it had none, or does not say)."""
+    spec = validation_of(model_config)
+    if spec is None:
+        return None
+    _, val_idx = split_validation(len(data.train_images), *spec)
     return (data.train_images[val_idx], data.train_labels[val_idx]) if len(val_idx) else None
 
 
@@ -131,7 +134,8 @@ def evaluate_run(
     training = config.get("training", {})
     best = next((r for r in history if r["epoch"] == training.get("best_epoch")), None)
     val_accuracy = best.get("val_accuracy") if best else None
-    if tta and "train_config" in config and (val := validation_set(data, config["train_config"])) is not None:
+    if (tta or val_accuracy is None) and (val := validation_set(data, config)) is not None:
+        # TTA changes what validation accuracy means; an ensemble has no history of its own.
         val_accuracy = float((clf.predict(val[0]) == val[1].numpy()).mean())
     metrics = {
         "test_accuracy": result.metrics["test_accuracy"],

@@ -354,7 +354,7 @@ class RunResult:
 def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
     """The seeded (train, validation) split as normalised tensors on ``device``; validation is
     None when ``config.val_split`` is 0. ``config.limit`` caps the training part."""
-    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.seed)
+    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.validation_seed)
     if config.limit > 0:
         train_idx = train_idx[: config.limit]
     x_all = to_model_input(data.train_images).to(device)
