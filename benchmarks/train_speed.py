@@ -26,7 +26,7 @@ from pathlib import Path
 THRESHOLDS = (0.985, 0.99, 0.995, 0.997)
 
 
-def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int) -> dict:
+def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int, split_seed: int | None = None) -> dict:
     import torch
 
     from mnist_cnn import RECIPES, load_mnist
@@ -36,7 +36,7 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int) -> 
 
     configure_threads(threads)
     data = load_mnist()
-    config = RECIPES[recipe].config.replace(seed=seed)
+    config = RECIPES[recipe].config.replace(seed=seed, split_seed=split_seed)
     steps_per_epoch = -(-(len(data.train_images) - len(_val(config, data))) // config.batch_size)
     every = eval_every or steps_per_epoch
     x_test = to_model_input(data.test_images).contiguous(memory_format=torch.channels_last)
@@ -144,15 +144,20 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/speed"), help="run folders (default: runs/speed)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per core)")
+    parser.add_argument(
+        "--split-seed", type=int, default=None, help="one validation split for every seed (default: each its own)"
+    )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.recipe, args.worker, args.eval_every, args.out, args.threads)))
+        print(json.dumps(worker(args.recipe, args.worker, args.eval_every, args.out, args.threads, args.split_seed)))
         return
     rows = []
     for seed in args.seeds:
         cmd = [sys.executable, __file__, "--recipe", args.recipe, "--worker", str(seed), "--eval-every",
                str(args.eval_every), "--out", str(args.out), "--threads", str(args.threads)]  # fmt: skip
+        if args.split_seed is not None:
+            cmd += ["--split-seed", str(args.split_seed)]
         done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if done.returncode != 0:
             sys.exit(f"seed {seed} failed:\n{done.stderr[-3000:]}")
