@@ -119,7 +119,12 @@ def test_no_ink_is_no_digit_and_bad_input_raises(clf, tmp_path):
         read_digits(clf, tmp_path / "x.png")
 
 
-def test_the_cli_default_threshold_is_the_librarys():
-    from mnist_cnn import cli
+def test_the_cli_library_and_service_share_one_default_threshold():
+    import inspect
 
-    assert cli.DEFAULT_MIN_CONFIDENCE == DEFAULT_MIN_CONFIDENCE
+    from mnist_cnn import cli
+    from mnist_cnn.serve import Settings
+
+    assert inspect.signature(read_digits).parameters["min_confidence"].default == DEFAULT_MIN_CONFIDENCE
+    assert cli.build_parser().parse_args(["read", "run", "x.png"]).min_confidence == DEFAULT_MIN_CONFIDENCE
+    assert Settings().min_confidence == DEFAULT_MIN_CONFIDENCE

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnist_cnn import load_model
+from mnist_cnn.config import DEFAULT_MIN_CONFIDENCE
 from mnist_cnn.preprocess import load_image
 from mnist_cnn.serve import Settings, create_app
 
@@ -58,7 +59,7 @@ def test_json_pixels_give_exactly_what_load_model_gives(client, exported_run, mn
         assert body["label"] == int(clf.predict(image)[0]) == int(expected[i].argmax())
         np.testing.assert_allclose(body["probabilities"], expected[i], atol=1e-6)
         assert body["confidence"] == pytest.approx(max(body["probabilities"]))
-        assert body["confident"] == (body["confidence"] >= 0.7)
+        assert body["confident"] == (body["confidence"] >= DEFAULT_MIN_CONFIDENCE)
         assert np.array_equal(np.array(body["input"], np.uint8), image)
 
 
@@ -284,7 +285,7 @@ def test_read_gives_the_number_with_boxes_left_to_right(client, exported_run, su
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["found"] is True and body["text"] == "407192" and body["lines"] == ["407192"]
-    assert "detail" not in body and body["min_confidence"] == 0.7  # the service's --min-confidence
+    assert "detail" not in body and body["min_confidence"] == DEFAULT_MIN_CONFIDENCE  # the service's --min-confidence
     got = body["digits"]
     assert [d["label"] for d in got] == digits and [d["char"] for d in got] == [str(d) for d in digits]
     boxes = [d["box"] for d in got]
@@ -292,11 +293,11 @@ def test_read_gives_the_number_with_boxes_left_to_right(client, exported_run, su
     assert all(a[2] <= b[0] for a, b in zip(boxes[:-1], boxes[1:], strict=True)), (
         boxes
     )  # left to right, not overlapping
-    assert all(d["confidence"] > 0.7 and not d["uncertain"] and d["line"] == 0 for d in got)
+    assert all(d["confidence"] > DEFAULT_MIN_CONFIDENCE and not d["uncertain"] and d["line"] == 0 for d in got)
     assert all(len(d["probabilities"]) == 10 and d["confidence"] == pytest.approx(max(d["probabilities"])) for d in got)  # fmt: skip
     # The same answer as the library on the same file, with the runtime the service runs.
     clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
-    expected = read_digits(clf, png(page), min_confidence=0.7)
+    expected = read_digits(clf, png(page), min_confidence=DEFAULT_MIN_CONFIDENCE)
     assert [d["box"] for d in got] == [list(d.box) for d in expected.digits]
     np.testing.assert_allclose([d["confidence"] for d in got], [d.confidence for d in expected.digits], atol=1e-5)
 

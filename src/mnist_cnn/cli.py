@@ -15,11 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_RECIPE, RECIPES, TrainConfig
+from .config import DEFAULT_MIN_CONFIDENCE, DEFAULT_RECIPE, RECIPES, TrainConfig
 from .errors import MnistCnnError
-
-# reading.DEFAULT_MIN_CONFIDENCE (a test keeps them equal); not imported, so `mnist-cnn --help` stays fast.
-DEFAULT_MIN_CONFIDENCE = 0.5
 
 log = logging.getLogger("mnist_cnn")
 

@@ -14,6 +14,9 @@ from .augment import Augmentation
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "auto")
+# Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
+# /v1/read, `confident: false` in /v1/predict. One value for the CLI, the library and the service.
+DEFAULT_MIN_CONFIDENCE = 0.5
 
 
 def _help(text: str) -> dict:
@@ -194,7 +197,7 @@ class ServeSettings:
     max_batch: int = field(default=64, metadata={"help": "most requests computed in one forward pass"})
     max_queue: int = field(default=256, metadata={"help": "requests waiting for the model before new ones get 503"})  # fmt: skip
     batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
-    min_confidence: float = field(default=0.7, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
+    min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with a 503"})
     access_log: bool = field(default=True, metadata={"help": "one JSON line per request on the 'mnist_cnn.access' logger"})  # fmt: skip
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .config import DEFAULT_MIN_CONFIDENCE
 from .preprocess import (
     WORK_SIDE,
     NoDigitError,
@@ -40,7 +41,6 @@ from .preprocess import (
 if TYPE_CHECKING:
     from .inference import Classifier
 
-DEFAULT_MIN_CONFIDENCE = 0.5  # below this (calibrated) probability a digit is shown as "?"
 MAX_DIGITS = 200  # more pieces than this is not a number: refuse rather than classify noise
 
 
