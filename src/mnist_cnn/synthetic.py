@@ -2,7 +2,10 @@
 
 Used to measure the preprocessing and multi-digit reading (``benchmarks/handwriting.py``) and in
 the tests. Only ever feed it MNIST *test* digits when measuring a model: a digit the model was
-trained on says nothing about how it reads new handwriting.
+trained on says nothing about how it reads new handwriting. To tune anything (segmentation rules,
+thresholds), render digits the model never trained on that are *not* test digits — the run's
+validation split — with another seed, and measure on the test digits once at the end
+(``benchmarks/handwriting.py --digits-from validation``).
 
 Each image is dark ink on light, tinted paper, at a random size and off-centre position, with
 thicker or thinner strokes, a small rotation and perspective, uneven light, blur, sensor noise and
@@ -64,8 +67,15 @@ def _crop_frame(layer: np.ndarray) -> np.ndarray:
     return layer[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def _photograph(coverage: np.ndarray, rng: np.random.Generator, style: Style) -> Image.Image:
-    """Ink coverage on a page -> a JPEG-compressed RGB photo of it."""
+def _photograph(
+    coverage: np.ndarray, rng: np.random.Generator, style: Style, owner: np.ndarray | None = None
+) -> tuple[Image.Image, np.ndarray | None]:
+    """Ink coverage on a page -> (a JPEG-compressed RGB photo of it, ``owner`` moved the same way).
+
+    ``owner`` (H, W) uint8 says which digit each pixel belongs to (0: paper); it goes through the
+    same rotation and perspective (nearest neighbour) and draws nothing from ``rng``, so the photo
+    is the same with or without it.
+    """
     h, w = coverage.shape
     paper = rng.uniform(*style.paper) * rng.uniform(0.92, 1.0, 3)  # a slight tint
     ink = rng.uniform(*style.ink) + np.array([0, 0, rng.uniform(0, 60)])  # black to blue-black
@@ -74,13 +84,15 @@ def _photograph(coverage: np.ndarray, rng: np.random.Generator, style: Style) ->
 
     # Small rotation and perspective, filling the corners with paper.
     fill = tuple(int(v) for v in paper)
-    img = img.rotate(
-        rng.uniform(-style.rotation, style.rotation), Image.Resampling.BICUBIC, expand=False, fillcolor=fill
-    )
+    angle = rng.uniform(-style.rotation, style.rotation)
+    img = img.rotate(angle, Image.Resampling.BICUBIC, expand=False, fillcolor=fill)
     d = style.perspective
     corners = np.array([[0, 0], [0, h], [w, h], [w, 0]], np.float64)  # Pillow's QUAD order: UL, LL, LR, UR
-    moved = corners + rng.uniform(-d, d, (4, 2)) * [w, h]
-    img = img.transform((w, h), Image.Transform.QUAD, tuple(moved.ravel()), Image.Resampling.BICUBIC, fillcolor=fill)
+    quad = tuple((corners + rng.uniform(-d, d, (4, 2)) * [w, h]).ravel())
+    img = img.transform((w, h), Image.Transform.QUAD, quad, Image.Resampling.BICUBIC, fillcolor=fill)
+    if owner is not None:
+        moved = Image.fromarray(owner.astype(np.uint8), "L").rotate(angle, Image.Resampling.NEAREST)
+        owner = np.asarray(moved.transform((w, h), Image.Transform.QUAD, quad, Image.Resampling.NEAREST))
 
     # Uneven light: a smooth gradient across the page in a random direction.
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
@@ -96,7 +108,7 @@ def _photograph(coverage: np.ndarray, rng: np.random.Generator, style: Style) ->
         buf, "JPEG", quality=int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1))
     )
     buf.seek(0)
-    return Image.open(buf)
+    return Image.open(buf), owner
 
 
 def render_digit(digit28: np.ndarray, rng: np.random.Generator, style: Style = Style()) -> Image.Image:
@@ -110,11 +122,16 @@ def render_digit(digit28: np.ndarray, rng: np.random.Generator, style: Style = S
     y = int(rng.integers(0, page_h - gh + 1))
     x = int(rng.integers(0, page_w - gw + 1))
     page[y : y + gh, x : x + gw] = glyph
-    return _photograph(page, rng, style)
+    return _photograph(page, rng, style)[0]
 
 
-def render_string(digits28: np.ndarray, rng: np.random.Generator, style: Style = Style()) -> Image.Image:
-    """Several MNIST digits (N, 28, 28) written left to right on one line, with varied spacing and size."""
+def render_string(digits28: np.ndarray, rng: np.random.Generator, style: Style = Style(), *, truth: bool = False):
+    """Several MNIST digits (N, 28, 28) written left to right on one line, with varied spacing and size.
+
+    Returns the photo (a PIL image); with ``truth=True``, ``(photo, owner)`` where ``owner`` (H, W)
+    uint8 gives, for each pixel of the photo, 1 + the index of the digit whose ink is there (0:
+    paper; where two digits touch, the later one). The photo is the same either way.
+    """
     height = int(rng.integers(max(style.digit_height[0], 36), style.digit_height[1] + 1))
     stroke = rng.uniform(*style.stroke)
     glyphs = [
@@ -126,11 +143,14 @@ def render_string(digits28: np.ndarray, rng: np.random.Generator, style: Style =
     width = sum(g.shape[1] for g in glyphs) + sum(gaps)
     margin_x, margin_y = int(gh * rng.uniform(0.3, 1.2)), int(gh * rng.uniform(0.3, 1.0))
     page = np.zeros((gh + 2 * margin_y + 2 * max(map(abs, jitter)), width + 2 * margin_x), np.float32)
+    owner = np.zeros(page.shape, np.uint8)
     x = margin_x
-    for g, gap, dy in zip(glyphs, [0, *gaps], jitter, strict=True):
+    for i, (g, gap, dy) in enumerate(zip(glyphs, [0, *gaps], jitter, strict=True)):
         x += gap
         y = margin_y + max(map(abs, jitter)) + dy + (gh - g.shape[0]) // 2
         region = page[y : y + g.shape[0], x : x + g.shape[1]]
         np.maximum(region, g, out=region)  # touching digits overlap like ink does
+        owner[y : y + g.shape[0], x : x + g.shape[1]][g > 0.3] = i + 1
         x += g.shape[1]
-    return _photograph(page, rng, style)
+    photo, owner = _photograph(page, rng, style, owner if truth else None)
+    return (photo, owner) if truth else photo
