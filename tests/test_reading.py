@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mnist_cnn import load_model
-from mnist_cnn.preprocess import ImageError
+from mnist_cnn.preprocess import ImageError, components, decode_image, ink_map
 from mnist_cnn.reading import DEFAULT_MIN_CONFIDENCE, read_digits
 from mnist_cnn.synthetic import render_string
 
@@ -66,6 +66,51 @@ def test_touching_digits_are_split(clf, sure):
     reading = read_digits(clf, page)
     assert len(reading.digits) == 3
     assert reading.text.endswith("5")
+
+
+def _touching(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """The two digits moved together until their strokes touch (one connected blot), and the blot's width / height."""
+    for overlap in range(0, 40, 2):
+        page = _page([a, b], [-overlap])
+        grey, record = decode_image(page)
+        ink = ink_map(grey, record)
+        if components(ink)[1] == 1:
+            rows, cols = np.nonzero(ink.max(1) > 0.35)[0], np.nonzero(ink.max(0) > 0.35)[0]
+            return page, (cols[-1] - cols[0]) / (rows[-1] - rows[0])
+    raise AssertionError("the digits never touched")
+
+
+def test_touching_pairs_are_read_as_two_digits(clf, sure):
+    """Two MNIST digits whose strokes touch: two digits, the right ones, when the blot is wider than tall.
+
+    (A blot narrower than that, such as a 1 leaning on a 9, is read as one digit: see SegmentParams.wide.)
+    """
+    pairs = [(0, 8), (2, 3), (4, 5), (5, 0), (3, 5), (7, 2), (9, 4), (8, 6), (6, 7), (1, 9)]
+    texts = {}
+    for a, b in pairs:
+        page, ratio = _touching(sure[a][1], sure[b][1])
+        if ratio > 1.1:
+            texts[f"{a}{b}"] = read_digits(clf, page, min_confidence=0).text
+    assert len(texts) >= 6, texts
+    assert all(len(t) == 2 for t in texts.values()), texts
+    assert sum(t == truth for truth, t in texts.items()) >= len(texts) - 1, texts
+
+
+@pytest.mark.parametrize("direction", ["across", "diagonal"])
+def test_a_broken_8_is_one_digit(clf, sure, direction):
+    """A thin 8 broken in two (across its waist, or diagonally through it) is one digit, not two."""
+    eight = sure[8][0].copy()
+    rows = np.nonzero(eight.max(1) > 60)[0]
+    waist = rows[0] + int(np.argmin((eight[rows[0] : rows[-1] + 1] > 60).sum(1)[3:-3])) + 3
+    if direction == "across":
+        eight[waist - 1 : waist + 1] = 0
+    else:
+        yy, xx = np.mgrid[0:28, 0:28]
+        eight[np.abs((yy - waist) + 0.7 * (xx - 14)) < 1.2] = 0
+    grey, record = decode_image(_page([eight], []))
+    assert components(ink_map(grey, record))[1] >= 2  # really broken
+    reading = read_digits(clf, _page([sure[4][0], eight, sure[2][0]], [40, 40]), min_confidence=0)
+    assert reading.text == "482", reading.text
 
 
 def test_two_lines(clf, sure):

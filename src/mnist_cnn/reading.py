@@ -5,11 +5,18 @@ The page goes through the same decoding and ink extraction as a single digit
 
 1. connected components of the ink; specks (dust, noise) dropped,
 2. components grouped into lines (a few lines are fine) by their vertical position,
-3. in each line, pieces that overlap horizontally are merged (a broken stroke, the detached bar of
-   a 5 or a 7),
-4. a piece much wider than a digit is split where the ink is thinnest (touching digits); with a
-   classifier, the number of digits it holds is the one whose digits the model is surest of,
-5. each digit goes through the MNIST geometry (crop, 20 px box, centre of mass) and is classified.
+3. in each line, pieces stacked on each other are merged (a broken stroke, the detached bar of a
+   5 or a 7),
+4. a piece much wider than a digit (touching digits) is cut along paths that go round the ink
+   (several candidate paths from the minima of its column profile); how many digits it holds and
+   which cuts to use is what the classifier is surest of,
+5. neighbouring pieces join when, together, the classifier reads them as one digit much more
+   surely than apart (a digit broken side by side, e.g. a thin 8 or 4), with a prior on digit size,
+6. each digit goes through the MNIST geometry (crop, 20 px box, centre of mass) and is classified.
+
+The thresholds of 3-5 (:class:`SegmentParams`) were tuned on strings rendered from MNIST
+*validation* digits (``benchmarks/handwriting.py --digits-from validation``), never on the test
+digits the benchmark reports.
 
 >>> import mnist_cnn
 >>> from mnist_cnn.reading import read_digits
@@ -20,6 +27,7 @@ The page goes through the same decoding and ink extraction as a single digit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -103,7 +111,6 @@ class _Piece:
     x1: int
     ids: list[int]
     mass: float = 0.0
-    cut: tuple[int, int] | None = None  # only the columns [a, b) of those components, after a split
 
     @property
     def h(self) -> int:
@@ -197,31 +204,192 @@ def _merge(line: list[_Piece]) -> list[_Piece]:
     return line
 
 
-def _column_profile(ink: np.ndarray, owner: np.ndarray, p: _Piece) -> np.ndarray:
+@dataclass(frozen=True)
+class SegmentParams:
+    """How a line of ink is cut into digits. Tuned on the development set (validation digits), never on test digits."""
+
+    wide: float = 1.0  # a piece wider than this x its height may hold several digits (a wide 5 or 7 gets close)
+    one_or_two: float = 1.7  # up to this ratio it may still be one broad digit, so one digit stays a choice
+    cut_band: float = 0.15  # a cut path wanders at most this x the line height from its column
+    min_part: float = 0.12  # no cut closer than this x the line height to a piece's edge or another cut
+    gap: float = 0.1  # pieces further apart than this x the line height are never one digit
+    overlap: float = 0.3  # full-height pieces join only when they overlap by this x the narrower's width
+    max_width: float = 1.5  # no joined digit wider than this x the line height
+    short_cost: float = 4.0  # log-prior per line height of height below `short`
+    short: float = 0.6  # x line height: a shorter "digit" is probably a fragment of one
+    digit_cost: float = 0.0  # log-bonus per digit: > 0 means joining pieces must make them that much surer
+
+
+SEGMENT = SegmentParams()
+
+
+def _cut_paths(ink: np.ndarray, mine: np.ndarray, height: float, params: SegmentParams) -> list[np.ndarray]:
+    """Top-to-bottom paths through the least ink of a piece (its own pixels ``mine``): one column per row each.
+
+    Candidates start at the local minima of the column profile; each follows the cheapest path
+    (crossing as little ink as possible, drifting at most ``cut_band`` x height sideways), so a cut
+    between two touching digits can go round a stroke instead of straight through it.
+    """
+    h, w = mine.shape
+    region = np.where(mine, ink, 0)
+    profile = ndimage.uniform_filter1d(region.sum(0), max(1, int(0.06 * height)))
+    margin = max(1, int(params.min_part * height))
+    if w <= 2 * margin:
+        return []
+    inner = np.arange(margin, w - margin)
+    minima = inner[(profile[inner] <= profile[inner - 1]) & (profile[inner] <= profile[inner + 1])]
+    band = max(1, int(params.cut_band * height))
+    cost = region + 0.02  # a little per row, so straighter paths win ties
+    paths, scores = [], []
+    for c in minima:
+        lo, hi = max(0, c - band), min(w, c + band + 1)
+        acc = cost[0, lo:hi].copy()
+        back = np.zeros((h, hi - lo), np.int8)
+        for y in range(1, h):  # dynamic programming, one row at a time: the cheapest way down to each column
+            stack = np.stack([np.r_[np.inf, acc[:-1]] + 0.01, acc, np.r_[acc[1:], np.inf] + 0.01])
+            move = stack.argmin(0)
+            acc = stack[move, np.arange(hi - lo)] + cost[y, lo:hi]
+            back[y] = move - 1
+        x = int(acc.argmin())
+        path = np.empty(h, np.int64)
+        for y in range(h - 1, -1, -1):
+            path[y] = x + lo
+            x += back[y, x]
+        paths.append(path)
+        scores.append(float(acc.min()))
+    # Keep the cheapest paths at least `min_part` apart, left to right, and make them not cross.
+    kept: list[np.ndarray] = []
+    for i in np.argsort(scores):
+        if all(abs(paths[i].mean() - k.mean()) >= margin for k in kept):
+            kept.append(paths[i])
+    kept.sort(key=lambda path: path.mean())
+    for a, b in zip(kept[:-1], kept[1:], strict=False):
+        np.maximum(b, a + 1, out=b)
+    return kept
+
+
+def _parts(ink, owner, p: _Piece, height: float, params: SegmentParams) -> list[_Piece]:
+    """A piece cut along its candidate paths into parts, left to right (each part a new label in ``owner``)."""
     mine = np.isin(owner[p.y0 : p.y1, p.x0 : p.x1], p.ids)
-    return (ink[p.y0 : p.y1, p.x0 : p.x1] * mine).sum(0)
-
-
-def _split(p: _Piece, k: int, profile: np.ndarray) -> list[_Piece]:
-    """Cut ``p`` into ``k`` pieces at the columns with the least ink near the evenly spaced positions."""
-    cuts = [0]
-    for j in range(1, k):
-        centre = j * p.w / k
-        lo, hi = int(max(cuts[-1] + 1, centre - 0.3 * p.w / k)), int(min(p.w - 1, centre + 0.3 * p.w / k))
-        cuts.append(lo + int(np.argmin(profile[lo : hi + 1])) if hi >= lo else int(centre))
-    cuts.append(p.w)
-    out = []
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        if b > a:
-            out.append(_Piece(p.y0, p.y1, p.x0 + a, p.x0 + b, p.ids, float(profile[a:b].sum()), (p.x0 + a, p.x0 + b)))
+    paths = _cut_paths(ink[p.y0 : p.y1, p.x0 : p.x1], mine, height, params)
+    cols = np.arange(p.w)[None, :]
+    part = sum(((cols >= path[:, None]).astype(np.int32) for path in paths), np.zeros(mine.shape, np.int32))
+    view, local = owner[p.y0 : p.y1, p.x0 : p.x1], ink[p.y0 : p.y1, p.x0 : p.x1]
+    out, label = [], int(owner.max()) + 1
+    for k in range(len(paths) + 1):
+        sel = mine & (part == k)
+        if not sel.any():
+            continue
+        view[sel] = label
+        ys, xs = np.nonzero(sel)
+        out.append(
+            _Piece(p.y0 + int(ys.min()), p.y0 + int(ys.max()) + 1, p.x0 + int(xs.min()), p.x0 + int(xs.max()) + 1,
+                   [label], float(local[sel].sum()))
+        )  # fmt: skip
+        label += 1
     return out
+
+
+def _group_scores(ink, owner, groups: list[_Piece], height: float, record, clf: Classifier, params) -> np.ndarray:
+    """log(top calibrated probability) of each group read as one digit, minus a penalty for being much shorter than the line."""
+    framed = [_frames(ink, owner, [g], record) for g in groups]
+    ok = [k for k, f in enumerate(framed) if f]
+    score = np.full(len(groups), -np.inf)
+    if ok:
+        probs = clf.predict_proba(np.stack([framed[k][0][0] for k in ok]))
+        score[ok] = np.log(np.clip(probs.max(1), 1e-12, 1))
+    short = np.array([g.h / height for g in groups])
+    return score - params.short_cost * np.maximum(0, params.short - short)
+
+
+def _best_grouping(ink, owner, atoms: list[_Piece], height, record, clf, params, max_span: int, counts=None):
+    """Group consecutive atoms into digits, for each number of digits in ``counts`` (default: any): {count: (score, groups)}.
+
+    Every run of up to ``max_span`` neighbouring atoms (close enough, not too wide) is a candidate
+    digit scored by :func:`_group_scores`; dynamic programming finds, for each count, the grouping
+    with the highest total.
+    """
+    n = len(atoms)
+    spans, groups = [], []
+    for i in range(n):
+        group = atoms[i]
+        for j in range(i + 1, min(n, i + max_span) + 1):
+            if j > i + 1:
+                new, before = atoms[j - 1], group
+                gap = new.x0 - before.x1
+                overlap = -gap / max(min(new.w, before.w), 1)
+                fragment = min(new.h, before.h) < params.short * height
+                group = group.join(new)
+                if gap > params.gap * height or group.w > params.max_width * max(group.h, height):
+                    break
+                if overlap < params.overlap and not fragment:  # two whole digits side by side stay apart
+                    break
+            spans.append((i, j))
+            groups.append(group)
+    score = _group_scores(ink, owner, groups, height, record, clf, params)
+    best = np.full((n + 1, n + 1), -np.inf)  # best[j, c]: atoms [0, j) as c digits
+    best[0, 0] = 0.0
+    prev = np.full((n + 1, n + 1), -1)
+    for k in sorted(range(len(spans)), key=lambda k: spans[k][1]):
+        i, j = spans[k]
+        cand = best[i, :-1] + score[k]
+        better = cand > best[j, 1:]
+        best[j, 1:][better], prev[j, 1:][better] = cand[better], k
+    out = {}
+    for c in counts if counts is not None else range(1, n + 1):
+        if c > n or not np.isfinite(best[n, c]):
+            continue
+        chosen, j, cc = [], n, c
+        while j > 0:
+            k = prev[j, cc]
+            chosen.append(groups[k])
+            j, cc = spans[k][0], cc - 1
+        out[c] = (float(best[n, c]), chosen[::-1])
+    return out
+
+
+def _split_wide(ink, owner, line: list[_Piece], height: float, record, clf: Classifier, params) -> list[_Piece]:
+    """Split pieces too wide for one digit (touching digits) into the count the model is surest of.
+
+    The count comes from the piece's width (one more or less is tried); for each count the cuts
+    are chosen among the candidate paths, and the count whose digits have the highest mean
+    log-probability wins.
+    """
+    singles = [p.w for p in line if p.w <= params.wide * max(p.h, height)]
+    typical = float(np.median(singles)) if singles else 0.7 * height
+    typical = min(max(typical, 0.45 * height), 0.9 * height)
+    # Parts of one piece may always rejoin (one broad digit).
+    whole = dataclasses.replace(params, gap=math.inf, max_width=math.inf, overlap=-math.inf)
+    out: list[_Piece] = []
+    for p in line:
+        ratio = p.w / max(p.h, height, 1)
+        if ratio <= params.wide:
+            out.append(p)
+            continue
+        guess = max(2, round(p.w / typical))
+        counts = {1, 2} if ratio <= params.one_or_two else {max(2, guess - 1), guess, guess + 1}
+        options = _best_grouping(ink, owner, _parts(ink, owner, p, height, params), height, record, clf, whole,
+                                 max_span=8, counts=counts)  # fmt: skip
+        if not options:
+            out.append(p)
+            continue
+        out.extend(max(options.items(), key=lambda item: item[1][0] / item[0])[1][1])
+    return out
+
+
+def _join_broken(ink, owner, line: list[_Piece], height: float, record, clf: Classifier, params) -> list[_Piece]:
+    """Join neighbouring pieces when, together, they read as one digit more surely than apart (a broken stroke)."""
+    if len(line) < 2:
+        return line
+    options = _best_grouping(ink, owner, line, height, record, clf, params, max_span=3)
+    scored = {c: score + params.digit_cost * c for c, (score, _) in options.items()}
+    return options[max(scored, key=scored.get)][1] if scored else line
 
 
 def _crop(ink: np.ndarray, owner: np.ndarray, p: _Piece) -> tuple[np.ndarray, tuple[int, int]]:
     """The piece's own ink (neighbours' strokes inside its box removed), and the crop's offset."""
-    x0, x1 = p.cut if p.cut else (p.x0, p.x1)
-    region = np.where(np.isin(owner[p.y0 : p.y1, x0:x1], p.ids), ink[p.y0 : p.y1, x0:x1], 0).astype(np.float32)
-    return region, (x0, p.y0)
+    region = np.where(np.isin(owner[p.y0 : p.y1, p.x0 : p.x1], p.ids), ink[p.y0 : p.y1, p.x0 : p.x1], 0)
+    return region.astype(np.float32), (p.x0, p.y0)
 
 
 def _frames(ink, owner, pieces, record) -> list[tuple[np.ndarray, PreprocessRecord]]:
@@ -236,46 +404,8 @@ def _frames(ink, owner, pieces, record) -> list[tuple[np.ndarray, PreprocessReco
     return out
 
 
-def _confidence(clf: Classifier, frames: list[np.ndarray]) -> float:
-    """Mean log-probability of the top class: how sure the model is of a set of digits."""
-    probs = clf.predict_proba(np.stack(frames))
-    return float(np.log(np.clip(probs.max(1), 1e-12, 1)).mean())
-
-
-def _split_wide(ink, owner, line: list[_Piece], record, clf: Classifier | None) -> list[_Piece]:
-    """Split pieces too wide for one digit (touching digits) into the count the model is surest of."""
-    height = float(np.median([p.h for p in line]))
-    singles = [p.w for p in line if p.w <= 1.0 * max(p.h, height)]
-    typical = float(np.median(singles)) if singles else 0.7 * height
-    typical = min(max(typical, 0.45 * height), 0.9 * height)
-    out: list[_Piece] = []
-    for p in line:
-        ratio = p.w / max(p.h, height, 1)
-        if ratio <= 1.0:  # as wide as tall at most: one digit (a wide 5 or 7 gets close)
-            out.append(p)
-            continue
-        guess = max(2, round(p.w / typical))
-        # Up to 1.7 times wider than tall it may still be one broad digit, so keep that choice open.
-        choices = sorted({1, 2} if ratio <= 1.7 else {max(2, guess - 1), guess, guess + 1})
-        profile = _column_profile(ink, owner, p)
-        if clf is None:
-            out.extend([p] if ratio <= 1.3 else _split(p, 2 if ratio <= 1.7 else guess, profile))
-            continue
-        best, best_score = None, -math.inf
-        for k in choices:
-            parts = [p] if k == 1 else _split(p, k, profile)
-            frames = [f for f, _ in _frames(ink, owner, parts, record)]
-            if len(frames) != len(parts):
-                continue
-            score = _confidence(clf, frames)
-            if score > best_score:
-                best, best_score = parts, score
-        out.extend(best if best is not None else [p])
-    return out
-
-
 def segment(
-    ink: np.ndarray, record: PreprocessRecord, clf: Classifier | None = None
+    ink: np.ndarray, record: PreprocessRecord, clf: Classifier, params: SegmentParams = SEGMENT
 ) -> list[list[tuple[np.ndarray, PreprocessRecord]]]:
     """Lines of digits, top to bottom, each left to right: (28x28 uint8 frame, its record with its box)."""
     pieces, owner = _pieces(ink)
@@ -288,7 +418,10 @@ def segment(
         )
     result = []
     for line in _lines(pieces):
-        line = _split_wide(ink, owner, _merge(line), record, clf)
+        line = _merge(line)
+        height = float(np.median([p.h for p in line]))
+        line = _split_wide(ink, owner, line, height, record, clf, params)
+        line = _join_broken(ink, owner, sorted(line, key=lambda q: (q.x0 + q.x1) / 2), height, record, clf, params)
         frames = _frames(ink, owner, line, record)
         if frames:
             result.append(frames)
