@@ -33,8 +33,8 @@ from PIL import Image
 from scipy import ndimage
 
 import mnist_cnn
+from mnist_cnn.calibrate import validation_split
 from mnist_cnn.config import DEFAULT_MIN_CONFIDENCE
-from mnist_cnn.data import split_validation
 from mnist_cnn.preprocess import (
     ImageError,
     NoDigitError,
@@ -183,12 +183,8 @@ def main() -> None:
     data = mnist_cnn.load_mnist(args.data_dir, download=False)
     if args.digits_from == "test":
         images, labels = data.test_images.numpy(), data.test_labels.numpy()
-    else:
-        tc = clf.config.get("train_config") or {}
-        _, val_idx = split_validation(len(data.train_images), tc.get("val_split", 0), tc.get("seed", 0))
-        if len(val_idx) == 0:
-            parser.error(f"{args.run} was trained without a validation split: no development digits")
-        images, labels = data.train_images[val_idx].numpy(), data.train_labels[val_idx].numpy()
+    else:  # the images the run held out for validation (and calibration), recreated as calibrate does
+        images, labels = validation_split(clf.config, data)
     result = {
         "model": args.run,
         "architecture": clf.config.get("architecture"),
