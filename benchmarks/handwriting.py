@@ -166,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="model folder")
     parser.add_argument("--digits", type=int, default=2000, help="single digits to render, 0 to skip (default: 2000)")
-    parser.add_argument("--strings", type=int, default=200, help="strings per length (default: 200)")
+    parser.add_argument("--strings", type=int, default=200, help="strings per length, 0 to skip (default: 200)")
     parser.add_argument(
         "--lengths", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], help="string lengths (default: 3-8)"
     )
@@ -195,7 +195,9 @@ def main() -> None:
         "seed": args.seed,
         "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "single": single_digits(clf, images, labels, args.digits, args.seed) if args.digits else None,
-        "strings": strings(clf, images, labels, args.strings, args.lengths, args.seed, args.failures),
+        "strings": strings(clf, images, labels, args.strings, args.lengths, args.seed, args.failures)
+        if args.strings
+        else {},
     }
     print(json.dumps(result, indent=2))
     print(f"\nmodel {args.run} ({result['architecture']}), {args.digits_from} digits, seed {args.seed}")
