@@ -174,6 +174,8 @@ def test_ctrl_c_stops_cleanly_and_saves_what_was_trained(tmp_path, mnist_dir):
         [EXE, "train", "--epochs", "200", "--limit", "2000", "--val-split", "500", "--batch-size", "100",
          "--runs-dir", str(run.parent), "--name", run.name, "--data-dir", str(mnist_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test run started in the background (`cmd &`) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not (run / "history.json").is_file() or not json.loads((run / "history.json").read_text() or "[]"):
