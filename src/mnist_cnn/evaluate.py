@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from . import report
-from .calibrate import ECE_BINS, CalibrationError, calibrate_run, expected_calibration_error
-from .config import TrainConfig, validation_of
-from .data import MNIST, split_validation
+from .calibrate import ECE_BINS, CalibrationError, calibrate_run, expected_calibration_error, validation_split
+from .config import TrainConfig
+from .data import MNIST
 from .inference import CONFIG, Classifier, load_model, read_config, write_json
 from .models import count_parameters
 
@@ -81,15 +81,6 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def validation_set(data: MNIST, model_config: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The validation images and labels a model folder was selected on (None if it had none, or does not say)."""
-    spec = validation_of(model_config)
-    if spec is None:
-        return None
-    _, val_idx = split_validation(len(data.train_images), *spec)
-    return (data.train_images[val_idx], data.train_labels[val_idx]) if len(val_idx) else None
-
-
 def calibration_line(metrics: dict) -> str:
     ece = f"expected calibration error on the test set ({ECE_BINS} bins): {metrics['test_ece_uncalibrated']:.4f}"
     if metrics.get("temperature", 1.0) == 1.0:
@@ -134,9 +125,13 @@ def evaluate_run(
     training = config.get("training", {})
     best = next((r for r in history if r["epoch"] == training.get("best_epoch")), None)
     val_accuracy = best.get("val_accuracy") if best else None
-    if (tta or val_accuracy is None) and (val := validation_set(data, config)) is not None:
-        # TTA changes what validation accuracy means; an ensemble has no history of its own.
-        val_accuracy = float((clf.predict(val[0]) == val[1].numpy()).mean())
+    if tta or val_accuracy is None:  # TTA changes what validation accuracy means; an ensemble has no history
+        try:
+            val_images, val_labels = validation_split(config, data)
+        except CalibrationError:  # the folder records no validation split, or none was held out
+            pass
+        else:
+            val_accuracy = float((clf.predict(val_images) == val_labels).mean())
     metrics = {
         "test_accuracy": result.metrics["test_accuracy"],
         "test_loss": result.metrics["test_loss"],
