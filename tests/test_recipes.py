@@ -53,10 +53,21 @@ def test_new_recipes_train_a_few_steps_and_save_a_model(recipe, mnist, tmp_path)
 
 def test_recipe_settings_and_sizes():
     fast, best = RECIPES["fast"].config, RECIPES["best"].config
-    assert (fast.model, fast.epochs, fast.lr_schedule) == ("fast", 1, "onecycle")
+    assert (fast.model, fast.epochs, fast.lr_schedule) == ("fast-valid", 1, "onecycle")
     assert best.model == "best" and best.ema > 0 and best.label_smoothing > 0 and best.augmentation.active
-    assert count_parameters(create_model("fast")) == 29_434
+    assert count_parameters(create_model("fast")) == count_parameters(create_model("fast-valid")) == 29_434
     assert count_parameters(create_model("best")) == 141_930
+
+
+def test_fast_valid_drops_only_the_stem_padding():
+    """Same weights, so a saved ``fast`` run must keep loading as ``fast``: the two differ in what they compute."""
+    padded, valid = create_model("fast").eval(), create_model("fast-valid").eval()
+    valid.load_state_dict(padded.state_dict())
+    stem = dict(padded.features.named_children())["0"], dict(valid.features.named_children())["0"]
+    assert (stem[0].padding, stem[1].padding) == ((2, 2), (0, 0))
+    x = torch.rand(4, 1, 28, 28)
+    assert padded.features(x).shape == valid.features(x).shape == (4, 64, 3, 3)
+    assert not torch.allclose(padded(x), valid(x))
 
 
 def test_fast_recipe_learns_in_one_epoch_on_a_subset(mnist, tmp_path):

@@ -166,7 +166,7 @@ RECIPES: dict[str, Recipe] = {
                TrainConfig(model="deep", epochs=30, batch_size=256, lr_schedule="cosine")),
         # Ours. Every setting below was chosen on the validation split (docs/benchmarks.md).
         Recipe("fast", "the fastest route to 99%: 29k-parameter conv net, one epoch, batch 256, one-cycle lr 0.01, label smoothing, bfloat16 where native",
-               TrainConfig(model="fast", epochs=1, batch_size=256, lr=1e-2, lr_schedule="onecycle", warmup=0.2,
+               TrainConfig(model="fast-valid", epochs=1, batch_size=256, lr=1e-2, lr_schedule="onecycle", warmup=0.2,
                            label_smoothing=0.1, precision="auto")),
         Recipe("best", "the most accurate single model in minutes: affine and elastic augmentation, EMA, label smoothing, cosine decay, bfloat16 where native",
                TrainConfig(model="best", epochs=32, batch_size=128, lr=4e-3, lr_schedule="cosine", warmup=0.05,
