@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mnist_cnn import load_model
 from mnist_cnn.preprocess import ImageError, components, decode_image, ink_map
@@ -115,6 +115,33 @@ def test_a_broken_8_is_one_digit(clf, sure, direction):
     # broken 8 is its business: the deep model reads 8).
     _, top, _, bottom = reading.digits[1].box
     assert bottom - top >= 0.8 * 3 * (rows[-1] - rows[0] + 1), (reading.digits[1].box, rows)
+
+
+def _drawn(shapes: list[tuple], size: tuple[int, int] = (200, 130)) -> np.ndarray:
+    """Black pen strokes on white paper: ("line", points, width) and ("ellipse", box, width)."""
+    img = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(img)
+    for kind, where, width in shapes:
+        if kind == "line":
+            draw.line(where, fill=0, width=width)
+        else:
+            draw.ellipse(where, outline=0, width=width)
+    return np.asarray(img)
+
+
+def test_a_fragment_joins_the_digit_it_lies_over_not_a_touching_neighbour(clf):
+    """A 9 whose loop is broken off its stem, 3 px right of a 1: the loop joins its stem (below it), not the 1."""
+    page = _drawn([
+        ("line", [(44, 20), (44, 100)], 8),  # the 1: x 40-48
+        ("ellipse", [(51, 20), (84, 50)], 6),  # the loop, nearly touching the 1
+        ("line", [(80, 58), (76, 100)], 6),  # the stem, under the loop's right side
+    ])  # fmt: skip
+    grey, record = decode_image(page)
+    assert components(ink_map(grey, record))[1] == 3  # three separate strokes
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.digits) == 2, reading.text
+    one, nine = (d.box for d in reading.digits)
+    assert one[2] <= 50 and nine[0] <= 53 and nine[1] <= 22 and nine[3] >= 98, (one, nine)
 
 
 def test_two_lines(clf, sure):

@@ -185,22 +185,31 @@ def _lines(pieces: list[_Piece]) -> list[list[_Piece]]:
 def _merge(line: list[_Piece]) -> list[_Piece]:
     """Join pieces of one digit: stacked pieces that overlap horizontally, and small fragments beside a digit.
 
-    Two full-height pieces side by side (two slanted 1s) stay apart even when their boxes overlap.
+    The pair that overlaps most is joined first, so a fragment goes to the digit it lies over rather
+    than to a neighbour it merely touches (a broken 3 beside another 3 first becomes whole, then
+    stays apart). Two full-height pieces side by side (two slanted 1s) stay apart even when their
+    boxes overlap.
     """
     height = float(np.median([p.h for p in line])) if line else 0.0
-    merged = True
-    while merged and len(line) > 1:
-        merged = False
+    line = sorted(line, key=lambda p: p.x0)
+    while len(line) > 1:
+        best, pair = -math.inf, None
+        for i, a in enumerate(line):
+            for j in range(i + 1, len(line)):
+                b = line[j]
+                if b.x0 > a.x1 + 0.1 * height:  # sorted by x0: the rest are further right
+                    break
+                overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+                ratio = overlap / max(min(a.w, b.w), 1)
+                small = min(a.h, b.h) < 0.6 * max(height, a.h, b.h)
+                stacked = _vertical_overlap(a, b) < 0.5
+                if ((ratio >= 0.5 and (stacked or small)) or (small and overlap >= -0.1 * height)) and ratio > best:
+                    best, pair = ratio, (i, j)
+        if pair is None:
+            break
+        i, j = pair
+        line[i] = line[i].join(line.pop(j))  # j > i, so i still points at the same piece
         line.sort(key=lambda p: p.x0)
-        for i in range(len(line) - 1):
-            a, b = line[i], line[i + 1]
-            overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
-            small = min(a.h, b.h) < 0.6 * max(height, a.h, b.h)
-            stacked = _vertical_overlap(a, b) < 0.5
-            if (overlap >= 0.5 * min(a.w, b.w) and (stacked or small)) or (small and -0.1 * height <= overlap):
-                line[i : i + 2] = [a.join(b)]
-                merged = True
-                break
     return line
 
 
