@@ -118,12 +118,14 @@ def test_a_broken_8_is_one_digit(clf, sure, direction):
 
 
 def _drawn(shapes: list[tuple], size: tuple[int, int] = (200, 130)) -> np.ndarray:
-    """Black pen strokes on white paper: ("line", points, width) and ("ellipse", box, width)."""
+    """Black pen strokes on white paper: ("line", points, width), ("ellipse" or "arc", box, width)."""
     img = Image.new("L", size, 255)
     draw = ImageDraw.Draw(img)
     for kind, where, width in shapes:
         if kind == "line":
             draw.line(where, fill=0, width=width)
+        elif kind == "arc":  # clockwise from upper left (220 degrees) to lower left (150 degrees)
+            draw.arc(where, 220, 150, fill=0, width=width)
         else:
             draw.ellipse(where, outline=0, width=width)
     return np.asarray(img)
@@ -142,6 +144,22 @@ def test_a_fragment_joins_the_digit_it_lies_over_not_a_touching_neighbour(clf):
     assert len(reading.digits) == 2, reading.text
     one, nine = (d.box for d in reading.digits)
     assert one[2] <= 50 and nine[0] <= 53 and nine[1] <= 22 and nine[3] >= 98, (one, nine)
+
+
+def test_a_5_broken_into_bar_and_bowl_stays_on_its_line(clf):
+    """A 5 whose bar is a separate stroke above a bowl reaching further left, then two 1s set a little higher:
+    one line of three digits, the 5 spanning bar and bowl (the bar must not start a line of its own)."""
+    page = _drawn([
+        ("line", [(60, 22), (95, 22)], 6),  # the bar, apart from the rest
+        ("line", [(62, 34), (58, 60)], 6),  # the stem
+        ("arc", [(42, 52), (94, 102)], 6),  # the bowl, from its upper left round to its lower left
+        ("line", [(130, 15), (128, 95)], 7),
+        ("line", [(170, 15), (168, 95)], 7),
+    ])  # fmt: skip
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.lines) == 1 and len(reading.digits) == 3, reading.text
+    _, top, _, bottom = reading.digits[0].box
+    assert top <= 21 and bottom >= 99, reading.digits[0].box
 
 
 def test_two_lines(clf, sure):

@@ -153,18 +153,22 @@ def _pieces(ink: np.ndarray) -> tuple[list[_Piece], np.ndarray]:
     return pieces, owner
 
 
-def _vertical_overlap(a: _Piece, b: _Piece) -> float:
-    return (min(a.y1, b.y1) - max(a.y0, b.y0)) / max(min(a.h, b.h), 1)
+def _vertical_overlap(a: _Piece, b: _Piece, by=min) -> float:
+    """How much of the shorter (``by=max``: the taller) piece's height the two share."""
+    return (min(a.y1, b.y1) - max(a.y0, b.y0)) / max(by(a.h, b.h), 1)
 
 
 def _lines(pieces: list[_Piece]) -> list[list[_Piece]]:
     """Group pieces into text lines, left to right: a piece continues the line whose last piece it overlaps vertically.
 
-    Following the line piece by piece keeps a slanted or curved line together.
+    Following the line piece by piece keeps a slanted or curved line together. The overlap is a
+    share of the taller piece's height, so a short mark (the bar of a 5) that starts a line of its
+    own does not take the digits after it away from their line; such a line of short marks then
+    rejoins the line it sits in.
     """
     lines: list[list[_Piece]] = []
     for p in sorted(pieces, key=lambda p: p.x0):
-        scores = [max(_vertical_overlap(p, q) for q in line[-3:]) for line in lines]
+        scores = [max(_vertical_overlap(p, q, by=max) for q in line[-3:]) for line in lines]
         if scores and max(scores) >= 0.3:
             lines[int(np.argmax(scores))].append(p)
         else:
@@ -178,8 +182,35 @@ def _lines(pieces: list[_Piece]) -> list[list[_Piece]]:
             nearest = min(big, key=lambda other: min(abs(q.cy - cy) for q in other))
             nearest.extend(line)
     lines = big or lines
+    while found := next(((line, host) for line in lines if (host := _host(line, lines)) is not None), None):
+        line, host = found
+        host.extend(line)
+        lines.remove(line)
     lines.sort(key=lambda line: np.median([p.cy for p in line]))
     return [sorted(line, key=lambda p: p.x0) for line in lines]
+
+
+def _host(line: list[_Piece], lines: list[list[_Piece]]) -> list[_Piece] | None:
+    """The line that ``line`` is part of, if it holds only pieces much shorter than that line's digits and sits in its band.
+
+    A digit broken into an upper and a lower piece (a 5's bar and bowl) can start two lines; the
+    band is taken from the other line's pieces near this one, so a slanted line still counts.
+    """
+    y0, y1 = min(p.y0 for p in line), max(p.y1 for p in line)
+    x0, x1 = min(p.x0 for p in line), max(p.x1 for p in line)
+    tallest = max(p.h for p in line)
+    best, best_gap = None, math.inf
+    for other in lines:
+        if other is line:
+            continue
+        height = float(np.median([q.h for q in other]))
+        near = [q for q in other if q.x0 - x1 <= height and x0 - q.x1 <= height]
+        if tallest >= 0.6 * height or not near:
+            continue
+        gap = max(min(q.y0 for q in near) - y1, y0 - max(q.y1 for q in near))
+        if gap <= 0.25 * height and gap < best_gap:
+            best, best_gap = other, gap
+    return best
 
 
 def _merge(line: list[_Piece]) -> list[_Piece]:
