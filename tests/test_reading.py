@@ -162,6 +162,17 @@ def test_a_5_broken_into_bar_and_bowl_stays_on_its_line(clf):
     assert top <= 21 and bottom >= 99, reading.digits[0].box
 
 
+def test_a_thin_stroke_broken_into_bits_stays_with_its_digit(clf):
+    """A 9 whose thin tail came out as a dotted line (bits as small as specks), beside a bold 0: the 9 keeps its tail."""
+    dashes = [("line", [(124 - 0.08 * (y - 40), y), (124 - 0.08 * (y - 35), y + 5)], 3) for y in range(48, 100, 8)]
+    page = _drawn([("ellipse", [(20, 20), (70, 100)], 9), ("ellipse", [(90, 20), (125, 52)], 5), *dashes])
+    grey, record = decode_image(page)
+    assert components(ink_map(grey, record))[1] >= 6  # the tail is in bits
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.digits) == 2, reading.text
+    assert reading.digits[1].box[3] >= 100, reading.digits[1].box
+
+
 def test_two_lines(clf, sure):
     top = _page([sure[d][2] for d in (1, 2, 3)], [40, 40])
     bottom = _page([sure[d][2] for d in (4, 6)], [40])

@@ -149,8 +149,14 @@ def _pieces(ink: np.ndarray) -> tuple[list[_Piece], np.ndarray]:
     top = max(p.mass for p in pieces)
     main = [p for p in pieces if p.mass >= 0.2 * top]
     height = float(np.median([p.h for p in main]))
-    pieces = [p for p in pieces if p.mass >= 0.015 * top and not (p.mass < 0.06 * top and p.h < 0.25 * height)]
-    return pieces, owner
+    keep = {p.ids[0] for p in pieces if p.mass >= 0.015 * top and not (p.mass < 0.06 * top and p.h < 0.25 * height)}
+    # A faint or thin stroke (a 9's tail, a 6's small loop) can break into bits as small as specks:
+    # bits less than a few px from a kept piece's ink, or from a chain of such bits, are part of it.
+    near, _ = ndimage.label(dist <= max(1.0, 0.05 * height), structure=np.ones((3, 3), bool))
+    group = ndimage.maximum(near, labels, idx)  # each component lies in one group
+    wanted = {group[i - 1] for i in keep}
+    keep |= {i + 1 for i in range(count) if group[i] in wanted and mass[i] >= 0.002 * top}
+    return [p for p in pieces if p.ids[0] in keep], owner
 
 
 def _vertical_overlap(a: _Piece, b: _Piece, by=min) -> float:
