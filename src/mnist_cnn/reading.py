@@ -3,10 +3,12 @@
 The page goes through the same decoding and ink extraction as a single digit
 (:mod:`mnist_cnn.preprocess`), then:
 
-1. connected components of the ink; specks (dust, noise) dropped,
-2. components grouped into lines (a few lines are fine) by their vertical position,
+1. connected components of the ink; specks (dust, noise) dropped, unless they lie on a chain of
+   bits leading to a digit (a faint or thin stroke that came out broken),
+2. components grouped into lines (a few lines are fine) by their vertical position; a "line" of
+   only short marks inside another line's band (the bar of a broken 5) is part of that line,
 3. in each line, pieces stacked on each other are merged (a broken stroke, the detached bar of a
-   5 or a 7),
+   5 or a 7), the most overlapping pair first,
 4. a piece much wider than a digit (touching digits) is cut along paths that go round the ink
    (several candidate paths from the minima of its column profile); how many digits it holds and
    which cuts to use is what the classifier is surest of,
