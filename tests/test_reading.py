@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mnist_cnn import load_model
 from mnist_cnn.preprocess import ImageError, components, decode_image, ink_map
@@ -115,6 +115,62 @@ def test_a_broken_8_is_one_digit(clf, sure, direction):
     # broken 8 is its business: the deep model reads 8).
     _, top, _, bottom = reading.digits[1].box
     assert bottom - top >= 0.8 * 3 * (rows[-1] - rows[0] + 1), (reading.digits[1].box, rows)
+
+
+def _drawn(shapes: list[tuple], size: tuple[int, int] = (200, 130)) -> np.ndarray:
+    """Black pen strokes on white paper: ("line", points, width), ("ellipse" or "arc", box, width)."""
+    img = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(img)
+    for kind, where, width in shapes:
+        if kind == "line":
+            draw.line(where, fill=0, width=width)
+        elif kind == "arc":  # clockwise from upper left (220 degrees) to lower left (150 degrees)
+            draw.arc(where, 220, 150, fill=0, width=width)
+        else:
+            draw.ellipse(where, outline=0, width=width)
+    return np.asarray(img)
+
+
+def test_a_fragment_joins_the_digit_it_lies_over_not_a_touching_neighbour(clf):
+    """A 9 whose loop is broken off its stem, 3 px right of a 1: the loop joins its stem (below it), not the 1."""
+    page = _drawn([
+        ("line", [(44, 20), (44, 100)], 8),  # the 1: x 40-48
+        ("ellipse", [(51, 20), (84, 50)], 6),  # the loop, nearly touching the 1
+        ("line", [(80, 58), (76, 100)], 6),  # the stem, under the loop's right side
+    ])  # fmt: skip
+    grey, record = decode_image(page)
+    assert components(ink_map(grey, record))[1] == 3  # three separate strokes
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.digits) == 2, reading.text
+    one, nine = (d.box for d in reading.digits)
+    assert one[2] <= 50 and nine[0] <= 53 and nine[1] <= 22 and nine[3] >= 98, (one, nine)
+
+
+def test_a_5_broken_into_bar_and_bowl_stays_on_its_line(clf):
+    """A 5 whose bar is a separate stroke above a bowl reaching further left, then two 1s set a little higher:
+    one line of three digits, the 5 spanning bar and bowl (the bar must not start a line of its own)."""
+    page = _drawn([
+        ("line", [(60, 22), (95, 22)], 6),  # the bar, apart from the rest
+        ("line", [(62, 34), (58, 60)], 6),  # the stem
+        ("arc", [(42, 52), (94, 102)], 6),  # the bowl, from its upper left round to its lower left
+        ("line", [(130, 15), (128, 95)], 7),
+        ("line", [(170, 15), (168, 95)], 7),
+    ])  # fmt: skip
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.lines) == 1 and len(reading.digits) == 3, reading.text
+    _, top, _, bottom = reading.digits[0].box
+    assert top <= 21 and bottom >= 99, reading.digits[0].box
+
+
+def test_a_thin_stroke_broken_into_bits_stays_with_its_digit(clf):
+    """A 9 whose thin tail came out as a dotted line (bits as small as specks), beside a bold 0: the 9 keeps its tail."""
+    dashes = [("line", [(124 - 0.08 * (y - 40), y), (124 - 0.08 * (y - 35), y + 5)], 3) for y in range(48, 100, 8)]
+    page = _drawn([("ellipse", [(20, 20), (70, 100)], 9), ("ellipse", [(90, 20), (125, 52)], 5), *dashes])
+    grey, record = decode_image(page)
+    assert components(ink_map(grey, record))[1] >= 6  # the tail is in bits
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.digits) == 2, reading.text
+    assert reading.digits[1].box[3] >= 100, reading.digits[1].box
 
 
 def test_two_lines(clf, sure):

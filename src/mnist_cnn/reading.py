@@ -3,10 +3,12 @@
 The page goes through the same decoding and ink extraction as a single digit
 (:mod:`mnist_cnn.preprocess`), then:
 
-1. connected components of the ink; specks (dust, noise) dropped,
-2. components grouped into lines (a few lines are fine) by their vertical position,
+1. connected components of the ink; specks (dust, noise) dropped, unless they lie on a chain of
+   bits leading to a digit (a faint or thin stroke that came out broken),
+2. components grouped into lines (a few lines are fine) by their vertical position; a "line" of
+   only short marks inside another line's band (the bar of a broken 5) is part of that line,
 3. in each line, pieces stacked on each other are merged (a broken stroke, the detached bar of a
-   5 or a 7),
+   5 or a 7), the most overlapping pair first,
 4. a piece much wider than a digit (touching digits) is cut along paths that go round the ink
    (several candidate paths from the minima of its column profile); how many digits it holds and
    which cuts to use is what the classifier is surest of,
@@ -149,22 +151,32 @@ def _pieces(ink: np.ndarray) -> tuple[list[_Piece], np.ndarray]:
     top = max(p.mass for p in pieces)
     main = [p for p in pieces if p.mass >= 0.2 * top]
     height = float(np.median([p.h for p in main]))
-    pieces = [p for p in pieces if p.mass >= 0.015 * top and not (p.mass < 0.06 * top and p.h < 0.25 * height)]
-    return pieces, owner
+    keep = {p.ids[0] for p in pieces if p.mass >= 0.015 * top and not (p.mass < 0.06 * top and p.h < 0.25 * height)}
+    # A faint or thin stroke (a 9's tail, a 6's small loop) can break into bits as small as specks:
+    # bits less than a few px from a kept piece's ink, or from a chain of such bits, are part of it.
+    near, _ = ndimage.label(dist <= max(1.0, 0.05 * height), structure=np.ones((3, 3), bool))
+    group = ndimage.maximum(near, labels, idx)  # each component lies in one group
+    wanted = {group[i - 1] for i in keep}
+    keep |= {i + 1 for i in range(count) if group[i] in wanted and mass[i] >= 0.002 * top}
+    return [p for p in pieces if p.ids[0] in keep], owner
 
 
-def _vertical_overlap(a: _Piece, b: _Piece) -> float:
-    return (min(a.y1, b.y1) - max(a.y0, b.y0)) / max(min(a.h, b.h), 1)
+def _vertical_overlap(a: _Piece, b: _Piece, by=min) -> float:
+    """How much of the shorter (``by=max``: the taller) piece's height the two share."""
+    return (min(a.y1, b.y1) - max(a.y0, b.y0)) / max(by(a.h, b.h), 1)
 
 
 def _lines(pieces: list[_Piece]) -> list[list[_Piece]]:
     """Group pieces into text lines, left to right: a piece continues the line whose last piece it overlaps vertically.
 
-    Following the line piece by piece keeps a slanted or curved line together.
+    Following the line piece by piece keeps a slanted or curved line together. The overlap is a
+    share of the taller piece's height, so a short mark (the bar of a 5) that starts a line of its
+    own does not take the digits after it away from their line; such a line of short marks then
+    rejoins the line it sits in.
     """
     lines: list[list[_Piece]] = []
     for p in sorted(pieces, key=lambda p: p.x0):
-        scores = [max(_vertical_overlap(p, q) for q in line[-3:]) for line in lines]
+        scores = [max(_vertical_overlap(p, q, by=max) for q in line[-3:]) for line in lines]
         if scores and max(scores) >= 0.3:
             lines[int(np.argmax(scores))].append(p)
         else:
@@ -178,29 +190,65 @@ def _lines(pieces: list[_Piece]) -> list[list[_Piece]]:
             nearest = min(big, key=lambda other: min(abs(q.cy - cy) for q in other))
             nearest.extend(line)
     lines = big or lines
+    while found := next(((line, host) for line in lines if (host := _host(line, lines)) is not None), None):
+        line, host = found
+        host.extend(line)
+        lines.remove(line)
     lines.sort(key=lambda line: np.median([p.cy for p in line]))
     return [sorted(line, key=lambda p: p.x0) for line in lines]
+
+
+def _host(line: list[_Piece], lines: list[list[_Piece]]) -> list[_Piece] | None:
+    """The line that ``line`` is part of, if it holds only pieces much shorter than that line's digits and sits in its band.
+
+    A digit broken into an upper and a lower piece (a 5's bar and bowl) can start two lines; the
+    band is taken from the other line's pieces near this one, so a slanted line still counts.
+    """
+    y0, y1 = min(p.y0 for p in line), max(p.y1 for p in line)
+    x0, x1 = min(p.x0 for p in line), max(p.x1 for p in line)
+    tallest = max(p.h for p in line)
+    best, best_gap = None, math.inf
+    for other in lines:
+        if other is line:
+            continue
+        height = float(np.median([q.h for q in other]))
+        near = [q for q in other if q.x0 - x1 <= height and x0 - q.x1 <= height]
+        if tallest >= 0.6 * height or not near:
+            continue
+        gap = max(min(q.y0 for q in near) - y1, y0 - max(q.y1 for q in near))
+        if gap <= 0.25 * height and gap < best_gap:
+            best, best_gap = other, gap
+    return best
 
 
 def _merge(line: list[_Piece]) -> list[_Piece]:
     """Join pieces of one digit: stacked pieces that overlap horizontally, and small fragments beside a digit.
 
-    Two full-height pieces side by side (two slanted 1s) stay apart even when their boxes overlap.
+    The pair that overlaps most is joined first, so a fragment goes to the digit it lies over rather
+    than to a neighbour it merely touches (a broken 3 beside another 3 first becomes whole, then
+    stays apart). Two full-height pieces side by side (two slanted 1s) stay apart even when their
+    boxes overlap.
     """
     height = float(np.median([p.h for p in line])) if line else 0.0
-    merged = True
-    while merged and len(line) > 1:
-        merged = False
+    line = sorted(line, key=lambda p: p.x0)
+    while len(line) > 1:
+        best, pair = -math.inf, None
+        for i, a in enumerate(line):
+            for j in range(i + 1, len(line)):
+                b = line[j]
+                if b.x0 > a.x1 + 0.1 * height:  # sorted by x0: the rest are further right
+                    break
+                overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
+                ratio = overlap / max(min(a.w, b.w), 1)
+                small = min(a.h, b.h) < 0.6 * max(height, a.h, b.h)
+                stacked = _vertical_overlap(a, b) < 0.5
+                if ((ratio >= 0.5 and (stacked or small)) or (small and overlap >= -0.1 * height)) and ratio > best:
+                    best, pair = ratio, (i, j)
+        if pair is None:
+            break
+        i, j = pair
+        line[i] = line[i].join(line.pop(j))  # j > i, so i still points at the same piece
         line.sort(key=lambda p: p.x0)
-        for i in range(len(line) - 1):
-            a, b = line[i], line[i + 1]
-            overlap = min(a.x1, b.x1) - max(a.x0, b.x0)
-            small = min(a.h, b.h) < 0.6 * max(height, a.h, b.h)
-            stacked = _vertical_overlap(a, b) < 0.5
-            if (overlap >= 0.5 * min(a.w, b.w) and (stacked or small)) or (small and -0.1 * height <= overlap):
-                line[i : i + 2] = [a.join(b)]
-                merged = True
-                break
     return line
 
 
