@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 
 from mnist_cnn import load_model
 from mnist_cnn.preprocess import ImageError, components, decode_image, ink_map
-from mnist_cnn.reading import DEFAULT_MIN_CONFIDENCE, read_digits
+from mnist_cnn.reading import DEFAULT_MIN_CONFIDENCE, SEGMENT, read_digits
 from mnist_cnn.synthetic import render_string
 
 
@@ -94,6 +94,15 @@ def test_touching_pairs_are_read_as_two_digits(clf, sure):
     assert len(texts) >= 6, texts
     assert all(len(t) == 2 for t in texts.values()), texts
     assert sum(t == truth for truth, t in texts.items()) >= len(texts) - 1, texts
+
+
+def test_a_wide_blot_no_grouping_can_read_is_kept_whole_not_lost(clf, sure, monkeypatch):
+    """Cutting relabels a piece's pixels; when no grouping of the parts reads as digits, the piece is still there."""
+    page, ratio = _touching(sure[0][1], sure[8][1])
+    assert ratio > SEGMENT.wide
+    monkeypatch.setattr("mnist_cnn.reading._best_grouping", lambda *args, **kwargs: {})
+    reading = read_digits(clf, page, min_confidence=0)
+    assert len(reading.digits) == 1 and reading.digits[0].box[2] - reading.digits[0].box[0] > 60
 
 
 @pytest.mark.parametrize("direction", ["across", "diagonal"])

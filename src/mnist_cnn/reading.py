@@ -30,6 +30,7 @@ digits the benchmark reports.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -416,10 +417,10 @@ def _split_wide(ink, owner, line: list[_Piece], height: float, record, clf: Clas
             continue
         guess = max(2, round(p.w / typical))
         counts = {1, 2} if ratio <= params.one_or_two else {max(2, guess - 1), guess, guess + 1}
-        options = _best_grouping(ink, owner, _parts(ink, owner, p, height, params), height, record, clf, whole,
-                                 max_span=8, counts=counts)  # fmt: skip
-        if not options:
-            out.append(p)
+        parts = _parts(ink, owner, p, height, params)
+        options = _best_grouping(ink, owner, parts, height, record, clf, whole, max_span=8, counts=counts)
+        if not options:  # no grouping reads as digits: keep it whole, under the parts' labels it now has in owner
+            out.append(functools.reduce(_Piece.join, parts))
             continue
         out.extend(max(options.items(), key=lambda item: item[1][0] / item[0])[1][1])
     return out
