@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.stats import binomtest
 
 import mnist_cnn
 from mnist_cnn.calibrate import validation_split
@@ -140,7 +139,7 @@ def strings(clf, images, labels, per_length: int, lengths, seed: int, failures: 
         out[str(length)] = {
             "strings": per_length,
             "accuracy": right / per_length,
-            "accuracy_95ci": list(wilson(right, per_length)),
+            "accuracy_95ci": [round(float(v), 4) for v in binomtest(right, per_length).proportion_ci(method="wilson")],
             "wrong_digit_count": wrong_count / per_length,
             "mis_segmented": mis_segmented / per_length,
             "misread": misread / per_length,
@@ -150,16 +149,6 @@ def strings(clf, images, labels, per_length: int, lengths, seed: int, failures: 
             "seconds_per_string": round((time.perf_counter() - start) / per_length, 3),
         }
     return out
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(centre - half, 4), round(centre + half, 4))
 
 
 def main() -> None:
@@ -185,6 +174,8 @@ def main() -> None:
         images, labels = data.test_images.numpy(), data.test_labels.numpy()
     else:  # the images the run held out for validation (and calibration), recreated as calibrate does
         images, labels = validation_split(clf.config, data)
+    from recipes import cpu_name  # the same machine description as the other benchmarks
+
     result = {
         "model": args.run,
         "architecture": clf.config.get("architecture"),
@@ -193,7 +184,7 @@ def main() -> None:
         "model_test_accuracy": (clf.config.get("metrics") or {}).get("test_accuracy"),
         "digits_from": args.digits_from,
         "seed": args.seed,
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores",
         "single": single_digits(clf, images, labels, args.digits, args.seed) if args.digits else None,
         "strings": strings(clf, images, labels, args.strings, args.lengths, args.seed, args.failures)
         if args.strings
