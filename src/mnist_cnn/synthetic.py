@@ -7,6 +7,11 @@ thresholds), render digits the model never trained on that are *not* test digits
 validation split — with another seed, and measure on the test digits once at the end
 (``benchmarks/handwriting.py --digits-from validation``).
 
+Training can use it too (``TrainConfig.photo_digits`` and ``reject_weight``), on training digits
+only: :func:`photographed` turns digits into what :func:`mnist_cnn.preprocess.preprocess_image`
+makes of their photos, and :func:`digit_parts` makes what a wrong cut hands the classifier
+(part of a digit, two touching digits), for the model to learn to be unsure of.
+
 Each image is dark ink on light, tinted paper, at a random size and off-centre position, with
 thicker or thinner strokes, a small rotation and perspective, uneven light, blur, sensor noise and
 JPEG compression. Everything is drawn from the ``numpy.random.Generator`` passed in, so a seed
@@ -16,6 +21,9 @@ reproduces the set exactly.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,3 +162,87 @@ def render_string(digits28: np.ndarray, rng: np.random.Generator, style: Style =
         x += g.shape[1]
     photo, owner = _photograph(page, rng, style, owner if truth else None)
     return (photo, owner) if truth else photo
+
+
+def _photographed_chunk(digits28: np.ndarray, seed: np.random.SeedSequence) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    from .preprocess import ImageError, preprocess_image
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(digits28)
+    # One thread per process: the image libraries' own threads only fight over the cores here.
+    with threadpool_limits(1):
+        for k, digit in enumerate(digits28):
+            try:
+                out[k] = preprocess_image(render_digit(digit, rng)).array
+            except ImageError:  # lost in the photo (too faint): keep the clean digit
+                out[k] = digit
+    return out
+
+
+def photographed(digits28: np.ndarray, seed: int, *, workers: int | None = None, chunk: int = 500) -> np.ndarray:
+    """Each MNIST digit (N, 28, 28) uint8 photographed (:func:`render_digit`) and put back through
+    :func:`mnist_cnn.preprocess.preprocess_image`: what the model gets from a real photo of it.
+
+    About 8 ms a digit on one core, spread over ``workers`` processes (default: one per core).
+    The result depends only on ``seed``, never on the number of processes.
+    """
+    digits28 = np.asarray(digits28, np.uint8)
+    seeds = np.random.SeedSequence(seed).spawn(max(1, -(-len(digits28) // chunk)))
+    chunks = [digits28[i : i + chunk] for i in range(0, len(digits28), chunk)]
+    workers = min(len(chunks), workers or len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        parts = [_photographed_chunk(c, s) for c, s in zip(chunks, seeds, strict=True)]
+    else:  # spawn: a forked copy of a process that has run torch's thread pool can hang
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_photographed_chunk, chunks, seeds))
+    return np.concatenate(parts) if parts else digits28.copy()
+
+
+def _columns(digit: np.ndarray) -> tuple[int, int]:
+    cols = np.nonzero(digit.max(0) > 0.1)[0]
+    return (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 0)
+
+
+def digit_parts(digits28: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Not-a-digit images from MNIST digits (N, 28, 28): what a wrong cut between digits produces.
+
+    Half of them are part of one digit, cut at a column 30-70% across its ink (the left or the right
+    side, at least 15% of its ink); the other half are two digits side by side, touching or
+    overlapping a little. Each goes through the MNIST geometry like a piece that ``read`` cut out.
+    Returns about N // 2 frames, (M, 28, 28) uint8.
+    """
+    from .preprocess import NoDigitError, to_frame
+
+    digits = np.asarray(digits28, np.float32) / 255
+    half = len(digits) // 2
+    out = []
+    for d in digits[:half]:  # part of a digit; a 1 is too narrow to have parts
+        c0, c1 = _columns(d)
+        if c1 - c0 < 8:
+            continue
+        cut = int(round(c0 + rng.uniform(0.3, 0.7) * (c1 - c0)))
+        part = d.copy()
+        if rng.random() < 0.5:  # keep the left side
+            part[:, cut:] = 0
+        else:
+            part[:, :cut] = 0
+        if part.sum() >= 0.15 * d.sum():
+            try:
+                out.append(to_frame(part))
+            except NoDigitError:
+                pass
+    for a, b in zip(digits[half::2], digits[half + 1 :: 2], strict=False):  # two digits touching
+        (a0, a1), (b0, b1) = _columns(a), _columns(b)
+        a, b = a[:, a0:a1], b[:, b0:b1]
+        if not (a.size and b.size):
+            continue
+        overlap = int(round(rng.uniform(-0.05, 0.25) * min(a.shape[1], b.shape[1])))
+        width = a.shape[1] + b.shape[1] - overlap
+        pair = np.zeros((28, width), np.float32)
+        pair[:, : a.shape[1]] = a
+        right = pair[:, width - b.shape[1] :]
+        np.maximum(right, b, out=right)
+        out.append(to_frame(pair))
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,7 @@ from .reproducibility import git_commit, package_versions, seed_everything
 from .tracking import TensorBoardLogger
 
 log = logging.getLogger(__name__)
+REJECT_SOURCE_DIGITS = 40_000  # training digits cut and paired into about half as many not-a-digit images
 
 
 def configure_threads(threads: int | None) -> int:
@@ -154,6 +156,7 @@ def fit(
     checkpoints: Checkpoints | None = None,
     checkpoint_every: int = 0,
     resume: dict | None = None,
+    rejects: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` in place on normalised tensors; leave it holding the best-on-validation weights.
 
@@ -170,6 +173,11 @@ def fit(
     ``torch.distributed`` process group the model is wrapped in DDP and each process trains on its
     shard of every global batch (see :mod:`.distributed`); every process must pass ``checkpoints``
     (only rank 0 writes).
+
+    ``rejects`` (normalised not-a-digit images, see :func:`reject_tensor`): with
+    ``config.reject_weight`` > 0, a quarter-batch of them, augmented like the digits, joins every
+    step, and ``reject_weight`` x their cross-entropy against uniform probabilities ("not sure of
+    any digit": outlier exposure) is added to the loss.
     """
     x, y = train
     n = len(x)
@@ -178,6 +186,10 @@ def fit(
         x = to_memory_format(x, True)
         if val is not None:
             val = (to_memory_format(val[0], True), val[1])
+    if rejects is not None and config.reject_weight <= 0:
+        rejects = None
+    if rejects is not None:
+        rejects = to_memory_format(rejects, config.channels_last)
     env = distributed.current()
     world, rank = env.world_size, env.rank
     steps = steps_per_epoch(n, config.batch_size, world)
@@ -261,14 +273,19 @@ def fit(
                 batch = order[step * config.batch_size : (step + 1) * config.batch_size]  # the global batch
                 idx = batch[rank::world]  # this process's shard of it
                 xb, yb = x[idx], y[idx]
+                if rejects is not None:  # one forward pass for both (DDP wants one per backward)
+                    pick = torch.randint(len(rejects), (max(1, len(idx) // 4),), generator=aug_rng)
+                    xb = torch.cat([xb, rejects[pick.to(x.device)]])
                 if aug.active:
                     xb = aug(xb, aug_rng, fill)
                 with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = net(xb)
-                logits = logits.float()
+                logits, reject_logits = logits.float().split([len(yb), len(xb) - len(yb)])
                 ce_sum = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing, reduction="sum")
                 # DDP averages the processes' gradients, so this makes it the global batch's mean.
                 loss = ce_sum * (world / len(batch))
+                if rejects is not None:
+                    loss = loss - config.reject_weight * F.log_softmax(reject_logits, 1).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -353,7 +370,8 @@ class RunResult:
 
 def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
     """The seeded (train, validation) split as normalised tensors on ``device``; validation is
-    None when ``config.val_split`` is 0. ``config.limit`` caps the training part."""
+    None when ``config.val_split`` is 0. ``config.limit`` caps the training part, and
+    ``config.photo_digits`` photographed copies of training digits are added to it."""
     train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.validation_seed)
     if config.limit > 0:
         train_idx = train_idx[: config.limit]
@@ -361,7 +379,31 @@ def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
     y_all = data.train_labels.to(device)
     train = (x_all[train_idx.to(device)], y_all[train_idx.to(device)])
     val = (x_all[val_idx.to(device)], y_all[val_idx.to(device)]) if len(val_idx) else None
+    if config.photo_digits > 0:
+        from .synthetic import photographed
+
+        pick = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed))]
+        pick = pick[: config.photo_digits].sort().values
+        start = time.perf_counter()
+        photos = to_model_input(photographed(data.train_images[pick].numpy(), config.seed)).to(device)
+        log.info("photographed %d training digits in %.0f s", len(pick), time.perf_counter() - start)
+        train = (torch.cat([train[0], photos]), torch.cat([train[1], y_all[pick.to(device)]]))
     return train, val
+
+
+def reject_tensor(config: TrainConfig, data: MNIST, device: torch.device) -> torch.Tensor | None:
+    """Normalised not-a-digit images (:func:`mnist_cnn.synthetic.digit_parts`) made from training digits
+    only, for ``config.reject_weight``; None when that is 0."""
+    if config.reject_weight <= 0:
+        return None
+    from .synthetic import digit_parts
+
+    train_idx, _ = split_validation(len(data.train_images), config.val_split, config.validation_seed)
+    if config.limit > 0:
+        train_idx = train_idx[: config.limit]
+    rng = np.random.default_rng(config.seed + 2)
+    pick = rng.permutation(train_idx.numpy())[:REJECT_SOURCE_DIGITS]
+    return to_model_input(digit_parts(data.train_images.numpy()[pick], rng)).to(device)
 
 
 def state_digest(model: nn.Module) -> str:
@@ -432,6 +474,7 @@ def train_run(
                 "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
             })  # fmt: skip
     train, val = split_tensors(config, data, dev)
+    rejects = reject_tensor(config, data, dev)
     steps = steps_per_epoch(len(train[0]), config.batch_size, env.world_size)
     purge = (state["epoch"] - 1) * steps + state["step"] if state else 0 if resume else None
     board = TensorBoardLogger(run_dir, purge_step=purge) if tensorboard and env.is_main else None
@@ -461,7 +504,7 @@ def train_run(
             board.images(data.train_images, data.train_labels)
         result = fit(model, train, val, config, progress=progress, on_epoch=on_epoch,
                      checkpoints=store, checkpoint_every=checkpoint_every, resume=state,
-                     on_step=on_step, step_every=step_every)  # fmt: skip
+                     on_step=on_step, step_every=step_every, rejects=rejects)  # fmt: skip
     finally:
         torch.use_deterministic_algorithms(previous)
         if board is not None:
@@ -485,6 +528,7 @@ def train_run(
             "train_seconds": round(result.train_seconds, 2),
             "train_images": len(train[0]),
             "val_images": len(val[0]) if val else 0,
+            "reject_images": len(rejects) if rejects is not None else 0,
             "device": str(dev),
             "threads": torch.get_num_threads(),
             "processes": env.world_size,

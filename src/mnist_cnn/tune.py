@@ -28,7 +28,7 @@ from .data import MNIST, parse_val_split
 from .errors import MnistCnnError
 from .inference import select_device
 from .models import create_model
-from .train import fit, split_tensors
+from .train import fit, reject_tensor, split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,9 @@ def run_study(
 
     dev = select_device(device)
     train, val = split_tensors(base, data, dev)
+    # Not-a-digit images whenever a trial may use them (the base config, or a searched reject_weight).
+    weight = base.reject_weight or (1.0 if any(p.name == "reject_weight" for p in space) else 0.0)
+    rejects = reject_tensor(base.replace(reject_weight=weight), data, dev)
 
     def objective(trial) -> float:
         config = base.replace(**{p.name: p.suggest(trial) for p in space})
@@ -244,7 +247,7 @@ def run_study(
 
         torch.manual_seed(config.seed)
         model = create_model(config.model).to(dev)
-        result = fit(model, train, val, config, progress=progress, on_epoch=report)
+        result = fit(model, train, val, config, progress=progress, on_epoch=report, rejects=rejects)
         if result.interrupted:
             raise KeyboardInterrupt
         best = max(row["val_accuracy"] for row in result.history)
