@@ -324,6 +324,11 @@ def cmd_train(args) -> int:
                 trial.value,
             )
         config = base.replace(**overrides)
+        if recipe in RECIPES and RECIPES[recipe].fine_tunes and not config.init:
+            raise MnistCnnError(
+                f"the {recipe} recipe fine-tunes a trained {config.model} run: pass --init RUN"
+                f" (train one with: mnist-cnn train --recipe {config.model})"
+            )
         run_dir = args.runs_dir / (args.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
         deterministic, tensorboard, threads = args.deterministic, args.tensorboard, args.threads
         checkpoint_every = args.checkpoint_every or 0

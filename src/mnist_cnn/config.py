@@ -58,6 +58,13 @@ class TrainConfig:
     aug_elastic: float = field(
         default=0.0, metadata=_help("augmentation: elastic distortion of up to this many pixels (0 = off)")
     )
+    init: str = field(
+        default="",
+        metadata=_help(
+            "start from the weights of this model folder instead of random ones (fine-tuning); it must hold"
+            " the same architecture as --model"
+        ),
+    )
     photo_digits: int = field(
         default=0,
         metadata=_help(
@@ -166,6 +173,7 @@ class Recipe:
     name: str
     description: str
     config: TrainConfig
+    fine_tunes: bool = False  # starts from a trained run, so it needs --init RUN
 
 
 # The seed projects' settings, each as published.
@@ -188,10 +196,11 @@ RECIPES: dict[str, Recipe] = {
                TrainConfig(model="best", epochs=32, batch_size=128, lr=4e-3, lr_schedule="cosine", warmup=0.05,
                            label_smoothing=0.1, ema=0.998, aug_rotate=10, aug_scale=0.1, aug_translate=0.1,
                            aug_elastic=2, precision="auto")),
-        Recipe("reader", "for reading photos and strings (`read`): `best`, 20 epochs, also trained on 30,000 photographed training digits and taught to be unsure of parts of digits",
-               TrainConfig(model="best", epochs=20, batch_size=128, lr=4e-3, lr_schedule="cosine", warmup=0.05,
+        Recipe("reader", "for reading photos and strings (`read`): fine-tunes a trained `best` run (--init RUN) for 3 epochs on its digits plus 30,000 photographed ones, taught to be unsure of parts of digits",
+               TrainConfig(model="best", epochs=3, batch_size=128, lr=1e-3, lr_schedule="onecycle", warmup=0.1,
                            label_smoothing=0.1, ema=0.998, aug_rotate=10, aug_scale=0.1, aug_translate=0.1,
-                           aug_elastic=2, photo_digits=30_000, reject_weight=0.5, precision="auto")),
+                           photo_digits=30_000, reject_weight=0.5, precision="auto"),
+               fine_tunes=True),
     )
 }  # fmt: skip
 

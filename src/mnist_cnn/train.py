@@ -29,6 +29,7 @@ from . import distributed
 from .checkpoint import CheckpointError, Checkpoints, rng_states, set_rng_states
 from .config import TrainConfig
 from .data import MNIST, split_validation
+from .errors import ModelFolderError
 from .inference import (
     MNIST_NORMALIZATION,
     batched_logits,
@@ -38,7 +39,7 @@ from .inference import (
     versions,
     write_json,
 )
-from .models import count_parameters, create_model
+from .models import count_parameters, create_model, list_models
 from .reproducibility import git_commit, package_versions, seed_everything
 from .tracking import TensorBoardLogger
 
@@ -406,6 +407,18 @@ def reject_tensor(config: TrainConfig, data: MNIST, device: torch.device) -> tor
     return to_model_input(digit_parts(data.train_images.numpy()[pick], rng)).to(device)
 
 
+def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights of the model folder ``config.init``, checked to fit ``config.model`` (fine-tuning)."""
+    from .inference import load_model
+
+    found = load_model(config.init)  # ModelFolderError with a clear message when it is not a model
+    architecture = found.config.get("architecture")
+    if architecture != config.model:
+        hint = f"; pass --model {architecture}" if architecture in list_models() else " (give it one trained model)"
+        raise ModelFolderError(f"--init {config.init} holds a {architecture!r} model, not {config.model!r}{hint}")
+    return found.model.state_dict()
+
+
 def state_digest(model: nn.Module) -> str:
     """SHA-256 of a model's parameters and buffers, in state-dict order."""
     h = hashlib.sha256()
@@ -473,6 +486,7 @@ def train_run(
                 "threads": torch.get_num_threads(), "world_size": env.world_size, "tensorboard": tensorboard,
                 "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
             })  # fmt: skip
+    initial = initial_weights(config) if config.init else None  # checked before the slow steps
     train, val = split_tensors(config, data, dev)
     rejects = reject_tensor(config, data, dev)
     steps = steps_per_epoch(len(train[0]), config.batch_size, env.world_size)
@@ -482,6 +496,9 @@ def train_run(
     previous = torch.are_deterministic_algorithms_enabled()
     seed_everything(config.seed, deterministic)  # initialisation and dropout
     model = create_model(config.model).to(dev)
+    if initial is not None:
+        model.load_state_dict(initial)
+        log.info("starting from the weights of %s", config.init)
     if env.rank > 0:  # same initial weights everywhere (DDP also broadcasts them); other dropout masks
         torch.manual_seed(config.seed + 1_000_003 * env.rank)
     log.info(
