@@ -197,7 +197,7 @@ RECIPES: dict[str, Recipe] = {
                            label_smoothing=0.1, ema=0.998, aug_rotate=10, aug_scale=0.1, aug_translate=0.1,
                            aug_elastic=2, precision="auto")),
         Recipe("reader", "for reading photos and strings (`read`): fine-tunes a trained `best` run (--init RUN) for 3 epochs on its digits plus 30,000 photographed ones, taught to be unsure of parts of digits",
-               TrainConfig(model="best", epochs=3, batch_size=128, lr=1e-3, lr_schedule="onecycle", warmup=0.1,
+               TrainConfig(model="best", epochs=3, batch_size=128, lr=1e-3, lr_schedule="cosine", warmup=0.1,
                            label_smoothing=0.1, ema=0.998, aug_rotate=10, aug_scale=0.1, aug_translate=0.1,
                            photo_digits=30_000, reject_weight=0.5, precision="auto"),
                fine_tunes=True),

@@ -208,17 +208,18 @@ def _columns(digit: np.ndarray) -> tuple[int, int]:
 def digit_parts(digits28: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Not-a-digit images from MNIST digits (N, 28, 28): what a wrong cut between digits produces.
 
-    Half of them are part of one digit, cut at a column 30-70% across its ink (the left or the right
-    side, at least 15% of its ink); the other half are two digits side by side, touching or
-    overlapping a little. Each goes through the MNIST geometry like a piece that ``read`` cut out.
-    Returns about N // 2 frames, (M, 28, 28) uint8.
+    About half of them are part of one digit, cut at a column 30-70% across its ink (the left or the
+    right side, at least 15% of its ink), made from the first third of the digits; the rest are two
+    digits side by side, touching or overlapping a little, made from the other two thirds. Each goes
+    through the MNIST geometry like a piece that ``read`` cut out. Returns about N // 2 frames,
+    (M, 28, 28) uint8.
     """
     from .preprocess import NoDigitError, to_frame
 
     digits = np.asarray(digits28, np.float32) / 255
-    half = len(digits) // 2
+    third = len(digits) // 3
     out = []
-    for d in digits[:half]:  # part of a digit; a 1 is too narrow to have parts
+    for d in digits[:third]:  # part of a digit; a 1 is too narrow to have parts
         c0, c1 = _columns(d)
         if c1 - c0 < 8:
             continue
@@ -233,7 +234,7 @@ def digit_parts(digits28: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                 out.append(to_frame(part))
             except NoDigitError:
                 pass
-    for a, b in zip(digits[half::2], digits[half + 1 :: 2], strict=False):  # two digits touching
+    for a, b in zip(digits[third::2], digits[third + 1 :: 2], strict=False):  # two digits touching
         (a0, a1), (b0, b1) = _columns(a), _columns(b)
         a, b = a[:, a0:a1], b[:, b0:b1]
         if not (a.size and b.size):
