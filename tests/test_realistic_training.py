@@ -31,8 +31,8 @@ def test_digit_parts_are_halves_and_touching_pairs_in_mnist_geometry(mnist):
     digits = mnist.train_images[:400].numpy()
     parts = digit_parts(digits, np.random.default_rng(0))
     assert parts.dtype == np.uint8 and parts.shape[1:] == (28, 28)
-    assert 150 <= len(parts) <= 200  # about half as many; a 1 has no halves
-    halves, pairs = parts[: len(parts) - 100], parts[-100:]
+    assert 200 <= len(parts) <= 270  # about half as many; a 1 has no halves
+    halves, pairs = parts[: len(parts) - 133], parts[-133:]  # 400 // 3 digits cut, the rest paired
     width = lambda f: np.ptp(np.nonzero(f.max(0) > 0)[0]) + 1  # noqa: E731
     height = lambda f: np.ptp(np.nonzero(f.max(1) > 0)[0]) + 1  # noqa: E731
     # Two digits side by side are wider than tall, so the 20 px box holds them by their width.
@@ -41,10 +41,29 @@ def test_digit_parts_are_halves_and_touching_pairs_in_mnist_geometry(mnist):
     np.testing.assert_array_equal(parts, digit_parts(digits, np.random.default_rng(0)))
 
 
-def test_reader_recipe_is_best_plus_photos_and_rejects():
-    reader, best = RECIPES["reader"].config, RECIPES["best"].config
-    assert reader.photo_digits > 0 and reader.reject_weight > 0
-    assert reader.replace(photo_digits=0, reject_weight=0.0, epochs=best.epochs) == best
+def test_reader_recipe_fine_tunes_a_best_run_and_says_so_without_one(tmp_path, capsys):
+    from mnist_cnn.cli import main
+
+    reader = RECIPES["reader"]
+    assert reader.fine_tunes and reader.config.model == "best"
+    assert reader.config.photo_digits > 0 and reader.config.reject_weight > 0
+    assert main(["train", "--recipe", "reader", "--runs-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "fine-tunes a trained best run: pass --init RUN" in err and "Traceback" not in err
+
+
+def test_init_starts_from_a_trained_model_and_refuses_another_architecture(trained_run, mnist, tmp_path):
+    from mnist_cnn.errors import ModelFolderError
+
+    source = trained_run[0]
+    x, y = mnist.test_images[:2000], mnist.test_labels[:2000].numpy()
+    before = (Classifier(source.model, source.config).predict(x) == y).mean()
+    # A learning rate too small to move anything: what comes out is what went in.
+    config = TrainConfig(model="basic", epochs=1, lr=1e-12, limit=500, val_split="500", init=str(source.run_dir))
+    result = train_run(config, mnist, tmp_path / "tuned", device="cpu", progress=False)
+    assert (Classifier(result.model, result.config).predict(x) == y).mean() == pytest.approx(before, abs=0.002)
+    with pytest.raises(ModelFolderError, match="holds a 'basic' model, not 'fast'; pass --model basic"):
+        train_run(config.replace(model="fast"), mnist, tmp_path / "wrong", device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("change", [{"photo_digits": -1}, {"reject_weight": -0.5}])
@@ -65,7 +84,7 @@ def test_reject_weight_teaches_the_model_to_be_unsure_of_parts_of_digits(mnist, 
         confidence[weight] = float(clf.predict_proba(held_out).max(1).mean())
         accuracy[weight] = float((clf.predict(mnist.test_images[:2000]) == mnist.test_labels[:2000].numpy()).mean())
         assert result.config["training"]["reject_images"] == (len(reject_tensor(config, mnist, "cpu")) if weight else 0)
-    assert confidence[0.0] > 0.75 and confidence[1.0] < 0.45, confidence
+    assert confidence[1.0] < 0.4 and confidence[1.0] < confidence[0.0] - 0.25, confidence  # measured: 0.68 -> 0.27
     assert accuracy[1.0] > accuracy[0.0] - 0.02 and accuracy[1.0] > 0.93, accuracy
 
 
