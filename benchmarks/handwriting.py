@@ -3,6 +3,8 @@
 Single digits: accuracy on the clean MNIST images, then on the same digits photographed
 (``mnist_cnn.synthetic``) and passed through the simple pipeline (greyscale, resize the whole
 image, invert) and through the full MNIST procedure (``mnist_cnn.preprocess``).
+Not digits: parts of digits and pairs of touching digits (``digit_parts``), what a wrong cut
+hands the model: how surely it reads them (lower is better).
 Strings: 3-8 digits on a line, read with ``mnist_cnn.reading.read_digits``; a string counts as
 right only if every digit is. Each wrong string is classed as wrong digit count, mis-segmented
 or misread, and the same strings are also read with perfect (true) segmentation.
@@ -44,7 +46,7 @@ from mnist_cnn.preprocess import (
     to_frame,
 )
 from mnist_cnn.reading import read_digits
-from mnist_cnn.synthetic import render_digit, render_string
+from mnist_cnn.synthetic import digit_parts, render_digit, render_string
 
 
 def single_digits(clf, images, labels, n: int, seed: int) -> dict:
@@ -70,6 +72,18 @@ def single_digits(clf, images, labels, n: int, seed: int) -> dict:
         "mnist_procedure_accuracy": acc(new),
         "no_digit_found": failed,
         "preprocess_ms_per_image": round(1000 * seconds / n, 2),
+    }
+
+
+def not_digits(clf, images, n: int, seed: int) -> dict:
+    """How surely the model reads what a wrong cut hands it: parts of digits and touching pairs (``digit_parts``)."""
+    rng = np.random.default_rng(seed + 2)
+    parts = digit_parts(images[rng.permutation(len(images))[:n]], rng)
+    top = clf.predict_proba(parts).max(1)
+    return {
+        "images": len(parts),
+        "mean_top_probability": float(top.mean()),
+        "share_above_0.9": float((top > 0.9).mean()),
     }
 
 
@@ -186,6 +200,7 @@ def main() -> None:
         "seed": args.seed,
         "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores",
         "single": single_digits(clf, images, labels, args.digits, args.seed) if args.digits else None,
+        "not_digits": not_digits(clf, images, args.digits, args.seed) if args.digits else None,
         "strings": strings(clf, images, labels, args.strings, args.lengths, args.seed, args.failures)
         if args.strings
         else {},
@@ -197,7 +212,14 @@ def main() -> None:
         print(f"| clean MNIST digits | {s['clean_accuracy']:.2%} |")
         print(f"| photographed, simple pipeline (resize + invert) | {s['simple_pipeline_accuracy']:.2%} |")
         print(f"| photographed, MNIST procedure (`preprocess_image`) | {s['mnist_procedure_accuracy']:.2%} |")
+        parts = result["not_digits"]
+        print(
+            f"\n{parts['images']} parts of digits and touching pairs: mean top probability "
+            f"{parts['mean_top_probability']:.3f}, {parts['share_above_0.9']:.1%} read with probability > 0.9"
+        )
     t = DEFAULT_MIN_CONFIDENCE
+    if not result["strings"]:
+        return
     print(
         "\n| digits | strings | exact (95% interval) | wrong count | mis-segmented | misread | true segmentation "
         f"| shown with '?' at {t} | exact at {t} |\n|---|---|---|---|---|---|---|---|---|"
