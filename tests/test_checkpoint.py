@@ -117,3 +117,20 @@ def test_resume_mistakes_get_a_message(tmp_path, capsys):
     (tmp_path / "run.json").write_text(json.dumps({"recipe": "basic", "train_config": {"epochs": 1}}))
     assert main(["train", "--resume", str(tmp_path), "--lr", "0.1"]) == 1
     assert "drop the training flags" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, mnist):
+    """Fields added to TrainConfig later (photo_digits, reject_weight, init) take their defaults."""
+    config = TrainConfig(model="basic", epochs=2, limit=300, val_split="200")
+    run = tmp_path / "run"
+    train_run(config, mnist, run, device="cpu", progress=False)
+    store = Checkpoints(run)
+    path, state = store.latest()
+    for name in ("photo_digits", "reject_weight", "init"):
+        del state["config"][name]
+    step = int(path.stem.split("-")[1])
+    store.save({k: v for k, v in state.items() if k != "format_version"}, step + 1)
+    result = train_run(config, mnist, run, device="cpu", progress=False, resume=True)
+    assert len(result.fit.history) == 2
+    with pytest.raises(CheckpointError, match="another training config"):
+        train_run(config.replace(lr=0.5), mnist, run, device="cpu", progress=False, resume=True)

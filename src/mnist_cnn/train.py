@@ -473,7 +473,8 @@ def train_run(
             log.warning("%s has no intact checkpoint yet; training it again from the start", run_dir)
         else:
             path, state = found
-            if state["config"] != config.to_dict():
+            # Filled in with today's defaults, so a checkpoint from before a new field still matches.
+            if {**TrainConfig().to_dict(), **state["config"]} != config.to_dict():
                 raise CheckpointError(f"{path} was written with another training config than {run_dir / 'run.json'}")
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
     started = read_run_settings(run_dir).get("started") if resume else None
