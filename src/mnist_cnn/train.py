@@ -369,13 +369,17 @@ class RunResult:
     config: dict  # what was written to config.json
 
 
+def _split(config: TrainConfig, data: MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the training images (capped by ``config.limit``) and of the validation images."""
+    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.validation_seed)
+    return (train_idx[: config.limit] if config.limit > 0 else train_idx), val_idx
+
+
 def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
     """The seeded (train, validation) split as normalised tensors on ``device``; validation is
     None when ``config.val_split`` is 0. ``config.limit`` caps the training part, and
     ``config.photo_digits`` photographed copies of training digits are added to it."""
-    train_idx, val_idx = split_validation(len(data.train_images), config.val_split, config.validation_seed)
-    if config.limit > 0:
-        train_idx = train_idx[: config.limit]
+    train_idx, val_idx = _split(config, data)
     x_all = to_model_input(data.train_images).to(device)
     y_all = data.train_labels.to(device)
     train = (x_all[train_idx.to(device)], y_all[train_idx.to(device)])
@@ -399,9 +403,7 @@ def reject_tensor(config: TrainConfig, data: MNIST, device: torch.device) -> tor
         return None
     from .synthetic import digit_parts
 
-    train_idx, _ = split_validation(len(data.train_images), config.val_split, config.validation_seed)
-    if config.limit > 0:
-        train_idx = train_idx[: config.limit]
+    train_idx, _ = _split(config, data)
     rng = np.random.default_rng(config.seed + 2)
     pick = rng.permutation(train_idx.numpy())[:REJECT_SOURCE_DIGITS]
     return to_model_input(digit_parts(data.train_images.numpy()[pick], rng)).to(device)
@@ -487,7 +489,8 @@ def train_run(
                 "threads": torch.get_num_threads(), "world_size": env.world_size, "tensorboard": tensorboard,
                 "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
             })  # fmt: skip
-    initial = initial_weights(config) if config.init else None  # checked before the slow steps
+    # Checked before the slow steps; a resumed run has its own weights in the checkpoint.
+    initial = initial_weights(config) if config.init and state is None else None
     train, val = split_tensors(config, data, dev)
     rejects = reject_tensor(config, data, dev)
     steps = steps_per_epoch(len(train[0]), config.batch_size, env.world_size)
