@@ -98,3 +98,17 @@ def test_weights_file_holds_no_pickle(saved):
     header = json.loads(raw[8 : 8 + header_len])
     assert header["__metadata__"]["architecture"] == "three-conv"
     assert b"\x80\x04" not in raw[:2]  # not a pickle stream
+
+
+def test_a_folder_that_did_not_record_the_width_loads_at_the_width_of_its_weights(tmp_path, mnist):
+    """`best` folders saved when its default width was 24 record no model_kwargs; they still load."""
+    torch.manual_seed(0)
+    narrow = create_model("best", width=24).eval()
+    folder = save_model(tmp_path / "best24", narrow, {"architecture": "best"})
+    assert json.loads((folder / "config.json").read_text())["model_kwargs"] == {}
+    clf = load_model(folder)
+    x = mnist.test_images[:64]
+    with torch.no_grad():
+        expected = narrow(to_model_input(x)).argmax(1).numpy()
+    np.testing.assert_array_equal(clf.predict(x), expected)
+    assert clf.model.features[0].out_channels == 24

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .errors import ModelFolderError
-from .models import create_model
+from .models import create_model, kwargs_from_weights
 
 log = logging.getLogger(__name__)
 
@@ -248,20 +248,20 @@ def load_model(
 
         return Classifier(load_ensemble(folder, config), config, device, tta=tta)
     try:
-        model = create_model(
-            config["architecture"],
-            in_channels=config.get("in_channels", 1),
-            num_classes=config.get("num_classes", 10),
-            **config.get("model_kwargs", {}),
-        )
-    except (ValueError, TypeError) as exc:
-        raise ModelFolderError(f"{folder / CONFIG}: {exc}") from None
-    try:
         state = load_file(folder / WEIGHTS)
     except FileNotFoundError:
         raise ModelFolderError(f"{folder} has no {WEIGHTS}") from None
     except (SafetensorError, OSError) as exc:
         raise ModelFolderError(f"{folder / WEIGHTS} is damaged: {exc}") from None
+    try:
+        model = create_model(
+            config["architecture"],
+            in_channels=config.get("in_channels", 1),
+            num_classes=config.get("num_classes", 10),
+            **{**kwargs_from_weights(config["architecture"], state), **config.get("model_kwargs", {})},
+        )
+    except (ValueError, TypeError) as exc:
+        raise ModelFolderError(f"{folder / CONFIG}: {exc}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -13,6 +13,7 @@ The first three are the seed projects' Keras models layer for layer ("valid" 3x3
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -44,6 +45,19 @@ def create_model(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
     return factory(**kwargs)
+
+
+def kwargs_from_weights(name: str, state: dict) -> dict:
+    """Constructor arguments that saved weights imply but a model folder may not record.
+
+    The networks with a ``width`` take it from their first convolution, so a folder saved before
+    a default width changed (``best`` was 24 wide, then 32) still loads.
+    """
+    factory = _REGISTRY.get(name)
+    first = state.get("features.0.weight")
+    if factory is None or first is None or "width" not in inspect.signature(factory).parameters:
+        return {}
+    return {"width": int(first.shape[0])}
 
 
 def count_parameters(model: nn.Module) -> int:
