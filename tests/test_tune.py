@@ -8,6 +8,7 @@ import sys
 
 import optuna
 import pytest
+import torch
 
 from mnist_cnn.cli import main
 
@@ -78,3 +79,20 @@ def test_tune_mistakes_get_a_message(tmp_path, mnist_dir, capsys):
     assert "no study named 'missing'" in capsys.readouterr().err
     assert main(["tune", "--show", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--study", "x"]) == 1
     assert "cannot open the study storage" in capsys.readouterr().err
+
+
+def test_trials_of_a_fine_tuning_base_start_from_its_weights(trained_run, mnist, tmp_path):
+    """--init is honoured by tune: with a learning rate too small to move anything, a trial scores as the source."""
+    from mnist_cnn.config import TrainConfig
+    from mnist_cnn.train import split_tensors
+    from mnist_cnn.tune import run_study
+
+    source = trained_run[0]
+    fixed = {"lr": 1e-12, "batch_size": 32, "weight_decay": 0.0, "lr_schedule": "constant"}  # nothing searched
+    base = TrainConfig(model="basic", epochs=1, limit=300, val_split="500", init=str(source.run_dir), **fixed)
+    _, (xv, yv) = split_tensors(base, mnist, "cpu")
+    with torch.no_grad():
+        expected = float((source.model.eval()(xv).argmax(1) == yv).float().mean())
+    study = run_study("basic", base, mnist, trials=1, storage=f"sqlite:///{tmp_path / 't.db'}", fixed=fixed,
+                      device="cpu")  # fmt: skip
+    assert expected > 0.9 and study.best_value == pytest.approx(expected, abs=0.004)

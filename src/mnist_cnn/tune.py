@@ -28,7 +28,7 @@ from .data import MNIST, parse_val_split
 from .errors import MnistCnnError
 from .inference import select_device
 from .models import create_model
-from .train import fit, reject_tensor, split_tensors
+from .train import fit, initial_weights, reject_tensor, split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ def run_study(
              "; ".join(p.describe() for p in space))  # fmt: skip
 
     dev = select_device(device)
+    initial = initial_weights(base) if base.init else None  # every trial fine-tunes the same weights
     train, val = split_tensors(base, data, dev)
     # Not-a-digit images whenever a trial may use them (the base config, or a searched reject_weight).
     weight = base.reject_weight or (1.0 if any(p.name == "reject_weight" for p in space) else 0.0)
@@ -247,6 +248,8 @@ def run_study(
 
         torch.manual_seed(config.seed)
         model = create_model(config.model).to(dev)
+        if initial is not None:
+            model.load_state_dict(initial)
         result = fit(model, train, val, config, progress=progress, on_epoch=report, rejects=rejects)
         if result.interrupted:
             raise KeyboardInterrupt
