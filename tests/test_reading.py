@@ -100,7 +100,7 @@ def test_a_wide_blot_no_grouping_can_read_is_kept_whole_not_lost(clf, sure, monk
     """Cutting relabels a piece's pixels; when no grouping of the parts reads as digits, the piece is still there."""
     page, ratio = _touching(sure[0][1], sure[8][1])
     assert ratio > SEGMENT.wide
-    monkeypatch.setattr("mnist_cnn.reading._best_grouping", lambda *args, **kwargs: {})
+    monkeypatch.setattr("mnist_cnn.segmentation._best_grouping", lambda *args, **kwargs: {})
     reading = read_digits(clf, page, min_confidence=0)
     assert len(reading.digits) == 1 and reading.digits[0].box[2] - reading.digits[0].box[0] > 60
 

@@ -205,6 +205,29 @@ def run_study(
         )
     space = search_space(recipe, fixed)
     study_name = study_name or f"tune-{recipe}"
+    study = _open_study(recipe, base, space, storage, study_name, pruner, sampler_seed)
+    done = _finished(study)
+    if done >= trials:
+        log.info("study %s already holds %d finished trials (asked for %d); nothing to do", study_name, done, trials)
+        return study
+    log.info("study %s: %d of %d trials finished; searching %s", study_name, done, trials,
+             "; ".join(p.describe() for p in space))  # fmt: skip
+    objective = _objective(base, space, data, device=device, progress=progress)
+    stop_at = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))  # fmt: skip
+    study.optimize(
+        objective,
+        n_trials=trials - done,
+        timeout=timeout,
+        callbacks=[stop_at],
+        catch=(FloatingPointError,),
+        gc_after_trial=False,
+    )
+    return study
+
+
+def _open_study(recipe: str, base: TrainConfig, space, storage: str, study_name: str, pruner: str, sampler_seed):
+    """The study, created or resumed; a new one records its recipe, search space and base config."""
+    optuna = _optuna()
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True)  # liar: workers spread out
     study = optuna.create_study(
         study_name=study_name,
@@ -221,13 +244,16 @@ def run_study(
         study.set_user_attr("recipe", recipe)
         study.set_user_attr("search_space", [p.describe() for p in space])
         study.set_user_attr("base_config", base.to_dict())
-    done = _finished(study)
-    if done >= trials:
-        log.info("study %s already holds %d finished trials (asked for %d); nothing to do", study_name, done, trials)
-        return study
-    log.info("study %s: %d of %d trials finished; searching %s", study_name, done, trials,
-             "; ".join(p.describe() for p in space))  # fmt: skip
+    return study
 
+
+def _objective(base: TrainConfig, space, data: MNIST, *, device: str, progress: bool):
+    """The function Optuna maximises: train one trial's config, return its best validation accuracy.
+
+    The data is split (and the fine-tuning base loaded) once, for every trial; a trial that falls
+    behind is pruned after the epoch that shows it.
+    """
+    optuna = _optuna()
     dev = select_device(device)
     initial = initial_weights(base) if base.init else None  # every trial fine-tunes the same weights
     train, val = split_tensors(base, data, dev)
@@ -259,16 +285,7 @@ def run_study(
             raise optuna.TrialPruned("validation accuracy is not finite")
         return best
 
-    stop_at = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))  # fmt: skip
-    study.optimize(
-        objective,
-        n_trials=trials - done,
-        timeout=timeout,
-        callbacks=[stop_at],
-        catch=(FloatingPointError,),
-        gc_after_trial=False,
-    )
-    return study
+    return objective
 
 
 def best_config(storage: str, study_name: str) -> tuple[str, TrainConfig, object]:
