@@ -27,6 +27,22 @@ def test_every_recipe_builds_its_model_with_the_documented_count():
             assert count_parameters(model) == KERAS_PARAMETERS[recipe.config.model]
 
 
+def assert_logits(output: torch.Tensor) -> None:
+    """Raw scores: neither probabilities (rows summing to 1) nor log-probabilities (rows whose exp sums to 1)."""
+    ones = torch.ones(len(output))
+    assert not torch.allclose(output.sum(1), ones, atol=1e-3), "rows sum to 1: the model returns probabilities"
+    assert not torch.allclose(output.logsumexp(1), 0 * ones, atol=1e-3), "the model returns log-probabilities"
+
+
+def test_the_logits_check_catches_probabilities_and_log_probabilities():
+    torch.manual_seed(0)
+    logits = create_model("basic")(torch.randn(8, 1, 28, 28))
+    assert_logits(logits)
+    for normalised, says in [(logits.softmax(1), "probabilities"), (logits.log_softmax(1), "log-probabilities")]:
+        with pytest.raises(AssertionError, match=says):
+            assert_logits(normalised)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_no_nan(name):
     torch.manual_seed(0)
@@ -34,8 +50,7 @@ def test_forward_backward_no_nan(name):
     x = torch.randn(8, 1, 28, 28)
     logits = model(x)
     assert logits.shape == (8, 10)
-    # Logits, not probabilities: rows are not normalised.
-    assert not torch.allclose(logits.softmax(1).sum(1), logits.sum(1))
+    assert_logits(logits)
     loss = torch.nn.functional.cross_entropy(logits, torch.arange(8) % 10)
     loss.backward()
     assert torch.isfinite(loss)
