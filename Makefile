@@ -1,4 +1,5 @@
-# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests.
+# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests
+# (all of them: what CI runs). `make test-fast` is the quick loop while working.
 # Each creates the virtual environment it needs. torch is pinned to the CPU build first, so
 # nothing later pulls a newer (CUDA, several GB) build.
 
@@ -17,7 +18,7 @@ ifeq ($(MNIST_CNN_DATA),)
   endif
 endif
 
-.PHONY: run test install browser clean
+.PHONY: run test test-fast install browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest $(ARGS)
+
+# Every test but the slow ones (training runs, tests needing the trained model, processes, the
+# browser): the doctests, input checks and small models.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -19,6 +19,17 @@ def _mnist_dir() -> Path | None:
     return None
 
 
+# A test that needs the session's trained model (or its exported copy) waits for a real training
+# run, so it is slow whatever its own body costs; `make test-fast` (pytest -m "not slow") skips it.
+NEEDS_TRAINING = {"trained_run", "exported_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if NEEDS_TRAINING & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch, tmp_path):
     """No test reads the user's cache or environment by accident, and none uses more than 2 threads."""

@@ -38,6 +38,7 @@ def _train(*args, mnist_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist_dir, mnist):
     runs = tmp_path / "runs"
     torch.set_num_threads(1)  # as the command below: the thread count can change floating-point sums
@@ -119,6 +120,7 @@ def test_resume_mistakes_get_a_message(tmp_path, capsys):
     assert "drop the training flags" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, mnist):
     """Fields added to TrainConfig later (photo_digits, reject_weight, init) take their defaults."""
     config = TrainConfig(model="basic", epochs=2, limit=300, val_split="200")

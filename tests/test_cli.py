@@ -21,6 +21,7 @@ def cli(*args, env=None):
     return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_show_end_to_end(tmp_path, mnist_dir, mnist):
     runs = tmp_path / "runs"
     r = cli("train", "--epochs", "1", "--limit", "800", "--val-split", "400", "--batch-size", "64",
@@ -165,6 +166,7 @@ def test_every_flag_states_its_default():
                 assert "default" in (action.help or ""), f"{command} {action.option_strings[0]}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_saves_what_was_trained(tmp_path, mnist_dir):
     import signal
     import time

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mnist_cnn.config import TrainConfig
@@ -16,6 +17,7 @@ EXE = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
 CONFIG = TrainConfig(model="deep", epochs=2, batch_size=32, limit=1024, val_split="1000", seed=0)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_each_other(tmp_path, mnist_dir, mnist):
     runs = tmp_path / "runs"
     args = ["train", "--nproc", "2", "--model", "deep", "--epochs", "2", "--batch-size", "32", "--limit", "1024",

@@ -72,6 +72,7 @@ def test_negative_photo_digits_or_reject_weight_is_refused(change):
         TrainConfig(**change)
 
 
+@pytest.mark.slow
 def test_reject_weight_teaches_the_model_to_be_unsure_of_parts_of_digits(mnist, tmp_path):
     """A short real run with and without the reject loss: same digits, but parts read far less surely."""
     base = TrainConfig(model="basic", epochs=2, batch_size=64, limit=4000, val_split="1000", seed=0)
@@ -88,6 +89,7 @@ def test_reject_weight_teaches_the_model_to_be_unsure_of_parts_of_digits(mnist, 
     assert accuracy[1.0] > accuracy[0.0] - 0.02 and accuracy[1.0] > 0.93, accuracy
 
 
+@pytest.mark.slow
 def test_photo_digits_join_the_training_set(mnist, tmp_path):
     config = TrainConfig(model="basic", epochs=1, batch_size=64, limit=500, val_split="500", photo_digits=100)
     result = train_run(config, mnist, tmp_path / "run", device="cpu", progress=False)

@@ -40,6 +40,7 @@ def two_runs(tmp_path_factory, mnist):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["fast", "best"])
 def test_new_recipes_train_a_few_steps_and_save_a_model(recipe, mnist, tmp_path):
     config = RECIPES[recipe].config.replace(limit=512, val_split="256", epochs=1)
@@ -70,6 +71,7 @@ def test_fast_valid_drops_only_the_stem_padding():
     assert not torch.allclose(padded(x), valid(x))
 
 
+@pytest.mark.slow
 def test_fast_recipe_learns_in_one_epoch_on_a_subset(mnist, tmp_path):
     # 10,000 images, one epoch, about a second: far above chance, the recipe's settings work.
     config = RECIPES["fast"].config.replace(limit=10_000, val_split="2000")
@@ -77,6 +79,7 @@ def test_fast_recipe_learns_in_one_epoch_on_a_subset(mnist, tmp_path):
     assert result.fit.history[0]["val_accuracy"] > 0.95
 
 
+@pytest.mark.slow
 def test_bf16_training_learns_and_keeps_float32_weights(mnist, tmp_path):
     # Forced bf16 (emulated where the CPU has no native bfloat16): the steps run in bfloat16, what
     # is optimised, validated and saved stays float32, and the model still learns.
@@ -100,6 +103,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
         TrainConfig(precision="fp16")
 
 
+@pytest.mark.slow
 def test_with_ema_and_augmentation_the_kept_checkpoint_is_the_best_on_validation(mnist):
     train, val = _subset(mnist, 0, 1500), _subset(mnist, 50_000, 1000)
     config = TrainConfig(model="fast", epochs=5, batch_size=50, lr=0.05, seed=2, ema=0.9, aug_rotate=10,
@@ -125,6 +129,7 @@ def test_schedules_warm_up_then_decay_to_zero():
     assert lr_factor(TrainConfig(), steps)(99) == 1.0
 
 
+@pytest.mark.slow
 def test_step_callback_sees_the_kept_model_and_is_not_timed(mnist):
     train = _subset(mnist, 0, 1000)
     config = TrainConfig(model="fast", epochs=2, batch_size=100, ema=0.5)
@@ -155,6 +160,7 @@ def test_tta_with_only_the_identity_view_is_the_model_itself():
     assert torch.allclose(out.exp().sum(1), torch.ones(6), atol=1e-5)  # log-probabilities
 
 
+@pytest.mark.slow
 def test_tta_classifier_and_evaluate(two_runs, mnist):
     plain, tta = load_model(two_runs[0]), load_model(two_runs[0], tta=True)
     images = mnist.test_images[:500].numpy()
@@ -166,6 +172,7 @@ def test_tta_classifier_and_evaluate(two_runs, mnist):
     assert metrics["tta"] is True and 0.9 < metrics["val_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_ensemble_folder_averages_its_members_probabilities(two_runs, mnist, tmp_path):
     out = make_ensemble(two_runs, tmp_path / "ens")
     ens = load_model(out)
@@ -182,6 +189,7 @@ def test_ensemble_folder_averages_its_members_probabilities(two_runs, mnist, tmp
     assert (out / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_members_sharing_one_validation_split_give_the_ensemble_a_validation_figure(two_runs, mnist, tmp_path, caplog):
     # Seed 2 with split seed 0 holds out the same 1,000 images as two_runs[0] (seed 0).
     assert (TrainConfig(seed=3).validation_seed, TrainConfig(seed=3, split_seed=0).validation_seed) == (3, 0)
@@ -203,6 +211,7 @@ def test_members_sharing_one_validation_split_give_the_ensemble_a_validation_fig
     assert "validation" not in json.loads((other / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_bad_requests(two_runs, tmp_path):
     with pytest.raises(ValueError, match="at least two"):
         make_ensemble(two_runs[:1], tmp_path / "one")
@@ -219,6 +228,7 @@ def test_ensemble_refuses_bad_requests(two_runs, tmp_path):
         make_ensemble([nested, two_runs[0]], tmp_path / "e2")
 
 
+@pytest.mark.slow
 def test_cli_ensemble_and_tta(two_runs, mnist_dir, tmp_path):
     env_cmd = [sys.executable, "-m", "mnist_cnn"]
     out = tmp_path / "ens"

@@ -3,6 +3,7 @@ digests; TensorBoard event files hold the curves and sample images."""
 
 import json
 
+import pytest
 import torch
 
 from mnist_cnn.config import TrainConfig
@@ -15,6 +16,7 @@ def _weights(run_dir):
     return load_file(run_dir / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_with_the_same_seed_give_identical_weights(mnist, tmp_path):
     # Dropout draws random masks at every step: the part that depends on random state.
     config = TrainConfig(model="dropout", epochs=2, batch_size=64, limit=384, val_split="200", seed=3)
@@ -38,6 +40,7 @@ def test_two_deterministic_runs_with_the_same_seed_give_identical_weights(mnist,
     assert set(saved["data"]["sha256"].values()) == set(mnist.digests.values())
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_curves_and_sample_images(mnist, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -70,6 +70,7 @@ def test_metrics_agree_with_a_hand_computed_confusion_matrix(trained_run, mnist)
     assert metrics["classification_report"]["3"]["support"] == matrix[3].sum()
 
 
+@pytest.mark.slow
 def test_kept_checkpoint_is_the_best_on_validation(mnist):
     # A learning rate far too high makes validation accuracy jump around, so the best epoch is
     # often not the last one; whichever it is, the model must come back holding its weights.
@@ -90,6 +91,7 @@ def test_kept_checkpoint_is_the_best_on_validation(mnist):
     assert any(peaked_early), "no run peaked before its last epoch, so the test showed nothing"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
     train, val = _subset(mnist, 0, 600), _subset(mnist, 50_000, 300)
     config = TrainConfig(model="basic", epochs=3, batch_size=100, seed=7)
@@ -150,6 +152,7 @@ def test_text_report_shows_every_class_and_the_matrix(trained_run):
     assert f"{metrics['test_accuracy']:.4f}" in text
 
 
+@pytest.mark.slow
 def test_without_validation_an_interrupted_run_keeps_the_last_completed_epoch(mnist):
     train = _subset(mnist, 0, 400)  # 4 steps per epoch
     config = TrainConfig(model="basic", epochs=3, batch_size=100, seed=2)

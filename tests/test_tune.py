@@ -17,6 +17,7 @@ TINY = ["--recipe", "basic", "--limit", "300", "--val-split", "200", "--epochs",
         "--threads", "1", "--no-progress"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_which_resumes_and_trains_its_best(tmp_path, mnist_dir, capsys):
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
     args = ["tune", *TINY, "--trials", "4", "--storage", storage, "--study", "shared", "--data-dir", str(mnist_dir)]
