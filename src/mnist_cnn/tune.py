@@ -176,6 +176,28 @@ def _finished(study) -> int:
     return sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials)
 
 
+def _open_study(recipe: str, base: TrainConfig, space, storage: str, study_name: str, pruner: str, sampler_seed):
+    """The study, created or resumed; a new one records its recipe, search space and base config."""
+    optuna = _optuna()
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True)  # liar: workers spread out
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=open_storage(storage),
+        direction="maximize",
+        sampler=sampler,
+        pruner=_pruner(pruner, base.epochs),
+        load_if_exists=True,
+    )
+    owner = study.user_attrs.get("recipe")
+    if owner is not None and owner != recipe:
+        raise MnistCnnError(f"study {study_name!r} tunes recipe {owner!r}, not {recipe!r}; choose another --study")
+    if owner is None:
+        study.set_user_attr("recipe", recipe)
+        study.set_user_attr("search_space", [p.describe() for p in space])
+        study.set_user_attr("base_config", base.to_dict())
+    return study
+
+
 def run_study(
     recipe: str,
     base: TrainConfig,
@@ -212,48 +234,7 @@ def run_study(
         return study
     log.info("study %s: %d of %d trials finished; searching %s", study_name, done, trials,
              "; ".join(p.describe() for p in space))  # fmt: skip
-    objective = _objective(base, space, data, device=device, progress=progress)
-    stop_at = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))  # fmt: skip
-    study.optimize(
-        objective,
-        n_trials=trials - done,
-        timeout=timeout,
-        callbacks=[stop_at],
-        catch=(FloatingPointError,),
-        gc_after_trial=False,
-    )
-    return study
 
-
-def _open_study(recipe: str, base: TrainConfig, space, storage: str, study_name: str, pruner: str, sampler_seed):
-    """The study, created or resumed; a new one records its recipe, search space and base config."""
-    optuna = _optuna()
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True)  # liar: workers spread out
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=open_storage(storage),
-        direction="maximize",
-        sampler=sampler,
-        pruner=_pruner(pruner, base.epochs),
-        load_if_exists=True,
-    )
-    owner = study.user_attrs.get("recipe")
-    if owner is not None and owner != recipe:
-        raise MnistCnnError(f"study {study_name!r} tunes recipe {owner!r}, not {recipe!r}; choose another --study")
-    if owner is None:
-        study.set_user_attr("recipe", recipe)
-        study.set_user_attr("search_space", [p.describe() for p in space])
-        study.set_user_attr("base_config", base.to_dict())
-    return study
-
-
-def _objective(base: TrainConfig, space, data: MNIST, *, device: str, progress: bool):
-    """The function Optuna maximises: train one trial's config, return its best validation accuracy.
-
-    The data is split (and the fine-tuning base loaded) once, for every trial; a trial that falls
-    behind is pruned after the epoch that shows it.
-    """
-    optuna = _optuna()
     dev = select_device(device)
     initial = initial_weights(base) if base.init else None  # every trial fine-tunes the same weights
     train, val = split_tensors(base, data, dev)
@@ -285,7 +266,16 @@ def _objective(base: TrainConfig, space, data: MNIST, *, device: str, progress: 
             raise optuna.TrialPruned("validation accuracy is not finite")
         return best
 
-    return objective
+    stop_at = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))  # fmt: skip
+    study.optimize(
+        objective,
+        n_trials=trials - done,
+        timeout=timeout,
+        callbacks=[stop_at],
+        catch=(FloatingPointError,),
+        gc_after_trial=False,
+    )
+    return study
 
 
 def best_config(storage: str, study_name: str) -> tuple[str, TrainConfig, object]:
