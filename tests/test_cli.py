@@ -195,6 +195,7 @@ def test_ctrl_c_stops_cleanly_and_saves_what_was_trained(tmp_path, mnist_dir):
     assert "test accuracy" in out
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli():
     r = subprocess.run([sys.executable, "-m", "mnist_cnn", "recipes"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "three-conv" in r.stdout

@@ -32,6 +32,7 @@ def images(tmp_path_factory, mnist):
     return root, truth, "".join(str(int(v)) for v in y[10:15])
 
 
+@pytest.mark.slow
 def test_preprocess_writes_what_the_model_sees(images, tmp_path):
     root, _, _ = images
     r = cli("preprocess", root / "number.png", "--out", tmp_path / "x.png", "--json")

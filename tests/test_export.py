@@ -40,6 +40,7 @@ def test_the_batch_dimension_is_dynamic(exported_run, mnist, batch):
     np.testing.assert_allclose(probs, load_model(exported_run).predict_proba(images), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_architecture_exports(tmp_path, name):
     torch.manual_seed(0)
@@ -74,6 +75,7 @@ def test_missing_or_stale_onnx_file_gets_a_clear_error(tmp_path, exported_run):
         load_model(folder, runtime="tensorrt")
 
 
+@pytest.mark.slow
 def test_verify_fails_when_the_onnx_file_is_another_model(tmp_path):
     folders = []
     for seed in (0, 1):

@@ -10,6 +10,7 @@ from mnist_cnn.synthetic import digit_parts, photographed
 from mnist_cnn.train import reject_tensor, train_run
 
 
+@pytest.mark.slow
 def test_photographed_digits_look_like_preprocessed_photos_and_repeat_with_any_worker_count(mnist):
     digits = mnist.train_images[:24].numpy()
     one = photographed(digits, seed=3, workers=1, chunk=8)
