@@ -85,19 +85,15 @@ class SegmentParams:
     speck_mass: float = 0.015  # a piece with less ink is a speck...
     small_mass: float = 0.06  # ...and so is one with less ink than this that is also
     small_height: float = 0.25  # shorter than this x the height of the main pieces
-    chain_gap: float = (
-        0.05  # bits this close (x height, at least 1 px) to a kept piece, or a chain of such bits, are its ink
-    )
+    chain_gap: float = 0.05  # bits this close (x that height, >= 1 px) to kept ink, or a chain of them, are kept
     chain_mass: float = 0.002  # as long as they hold this much ink
     # Lines
-    line_overlap: float = (
-        0.3  # a piece continues a line when it overlaps its recent pieces by this x the taller's height
-    )
+    line_overlap: float = 0.3  # a piece joins the line whose last pieces it overlaps by this x the taller's height
     line_memory: int = 3  # how many of a line's last pieces a new piece is compared with
     mark_height: float = 0.6  # a line of marks all shorter than this x another line's height may belong to it...
     band_gap: float = 0.25  # ...when it lies within this x that height of the other line's nearby pieces
     # Merging stacked pieces (a broken stroke, the detached bar of a 5 or a 7)
-    merge_reach: float = 0.1  # pieces further apart than this are never merged; a fragment may be this far off
+    merge_reach: float = 0.1  # pieces further apart (x line height) never merge; a fragment may be this far off
     stack_overlap: float = 0.5  # stacked pieces merge when they overlap by this x the narrower's width
     stacked: float = 0.5  # pieces sharing less than this x the shorter's height are stacked
     fragment: float = 0.6  # a piece shorter than this x the line height (or the taller) is a fragment
