@@ -242,3 +242,18 @@ def test_the_cli_library_and_service_share_one_default_threshold():
     assert inspect.signature(read_digits).parameters["min_confidence"].default == DEFAULT_MIN_CONFIDENCE
     assert cli.build_parser().parse_args(["read", "run", "x.png"]).min_confidence == DEFAULT_MIN_CONFIDENCE
     assert Settings().min_confidence == DEFAULT_MIN_CONFIDENCE
+
+
+def test_the_speck_thresholds_are_segment_params():
+    """A 4-pixel speck far from a digit-sized blob is dropped by default, and kept when SegmentParams says so."""
+    from dataclasses import replace
+
+    from mnist_cnn.segmentation import _pieces
+
+    ink = np.zeros((60, 100), np.float32)
+    ink[10:50, 10:30] = 1.0  # the digit: 800 units of ink
+    ink[30:32, 60:62] = 1.0  # the speck: 4
+    kept, _ = _pieces(ink, SEGMENT)
+    assert [(p.x0, p.x1) for p in kept] == [(8, 32)]  # with the faint edge: edge_px around the ink
+    kept, _ = _pieces(ink, replace(SEGMENT, speck_mass=0.001, small_mass=0.0))
+    assert [(p.x0, p.x1) for p in sorted(kept, key=lambda p: p.x0)] == [(8, 32), (58, 64)]
