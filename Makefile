@@ -1,5 +1,4 @@
-# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests
-# (all of them: what CI runs). `make test-fast` is the quick loop while working.
+# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests.
 # Each creates the virtual environment it needs. torch is pinned to the CPU build first, so
 # nothing later pulls a newer (CUDA, several GB) build.
 
@@ -18,7 +17,7 @@ ifeq ($(MNIST_CNN_DATA),)
   endif
 endif
 
-.PHONY: run test test-fast install browser clean
+.PHONY: run test install browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +40,9 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest $(ARGS)
 
-# Every test but the slow ones (training runs, tests needing the trained model, processes, the
-# browser): the doctests, input checks and small models.
+# The quick loop while working: every test but the slow ones (training runs, tests needing the
+# trained model, processes, the browser). `make test` runs them all (what CI runs).
+.PHONY: test-fast
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
