@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
     if args.workers < 1:
         p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.json_out and not args.json_out.parent.is_dir():
+        p.error(f"--json-out: folder {args.json_out.parent} does not exist")
     return args
 
 
