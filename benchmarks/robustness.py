@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-corruption", type=int, default=300, help="images per set (default: 300)")
     p.add_argument("--seed", type=int, default=0, help="seed of the digits drawn and of every set (default: 0)")
     p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
-                   help=f"below this top probability an answer counts as 'not sure' (default: {DEFAULT_MIN_CONFIDENCE})")  # fmt: skip
+                   help=f"below this top probability an answer is 'not sure' (default: {DEFAULT_MIN_CONFIDENCE})")  # fmt: skip
     p.add_argument("--sets", nargs="+", choices=suite_names(), default=None, metavar="SET",
                    help=f"only these sets (default: all): {', '.join(suite_names())}")  # fmt: skip
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
@@ -96,22 +96,21 @@ def _ci(pair) -> str:
     return f"{pair[0]:.1%}-{pair[1]:.1%}"
 
 
+def _rows(model: dict, digits: bool) -> None:
+    key = "accuracy" if digits else "rejected"
+    for name, r in model["sets"].items():
+        if ("accuracy" in r) == digits:
+            print(f"| {name} | {r[key]:.1%} ({_ci(r[key + '_95ci'])}) | {r['no_digit']:.1%} | {r['not_sure']:.1%} |")
+
+
 def print_table(result: dict, model: dict) -> None:
     s, t = model["summary"], result["min_confidence"]
     print(f"\nmodel {model['model']} ({model['architecture']}), {result['digits_from']} digits, "
           f"{result['per_corruption']} images per set, seed {result['seed']}, not sure below p={t}")  # fmt: skip
     print("\n| digits | accuracy (95% interval) | no digit | not sure |\n|---|---|---|---|")
-    for name, r in model["sets"].items():
-        if "accuracy" in r:
-            print(
-                f"| {name} | {r['accuracy']:.1%} ({_ci(r['accuracy_95ci'])}) | {r['no_digit']:.1%} | {r['not_sure']:.1%} |"
-            )
+    _rows(model, digits=True)
     print("\n| not a digit | refused (95% interval) | no digit | not sure |\n|---|---|---|---|")
-    for name, r in model["sets"].items():
-        if "accuracy" not in r:
-            print(
-                f"| {name} | {r['rejected']:.1%} ({_ci(r['rejected_95ci'])}) | {r['no_digit']:.1%} | {r['not_sure']:.1%} |"
-            )
+    _rows(model, digits=False)
     print()
     if "mean_digit_accuracy" in s:
         crops = ", ".join(f"{k} {v:.1%}" for k, v in s["tight_crops"].items())

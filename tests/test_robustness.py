@@ -125,7 +125,7 @@ def test_blank_pages_hold_no_digit_and_two_digits_hold_two(digits):
 
 
 class FixedClassifier:
-    """Reads a frame's top-left pixel: the digit it answers is that value mod 10, sure (0.91) below 10, unsure (0.46) above."""
+    """Answers a frame's top-left pixel value mod 10: sure (0.91) for values below 10, unsure (0.46) above."""
 
     def predict_proba(self, frames):
         out = np.zeros((len(frames), 10))
