@@ -138,26 +138,38 @@ def _rate(hits: np.ndarray) -> tuple[float, list[float]]:
     return k / n, [round(float(ci.low), 4), round(float(ci.high), 4)]
 
 
-def score_set(clf, suite_set: SuiteSet, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict:
-    """Accuracy (digits) or reject rate (not-digits), with the "no digit" and "not sure" rates, of one set."""
+def outcomes(clf, suite_set: SuiteSet, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict[str, np.ndarray]:
+    """Per image of one set, as (N,) bool arrays: ``no_digit``, ``not_sure`` (found, top probability below
+    ``min_confidence``), ``refused`` (either), and for digits ``right`` (found and read as its label)."""
     s = suite_set
-    top = np.zeros(len(s.found))
-    label = np.full(len(s.found), -1)
+    top, label = np.zeros(len(s.found)), np.full(len(s.found), -1)
     if s.found.any():
         probs = clf.predict_proba(s.frames[s.found])
         top[s.found], label[s.found] = probs.max(1), probs.argmax(1)
-    not_sure = s.found & (top < min_confidence)
-    row = {"images": len(s.found), "no_digit": float(np.mean(~s.found)), "not_sure": float(np.mean(not_sure))}
+    out = {"no_digit": ~s.found, "not_sure": s.found & (top < min_confidence)}
+    out["refused"] = out["no_digit"] | out["not_sure"]
     if s.is_digits:
-        row["accuracy"], row["accuracy_95ci"] = _rate(s.found & (label == s.labels))
-        row["rejected"] = row["no_digit"] + row["not_sure"]
+        out["right"] = s.found & (label == s.labels)
+    return out
+
+
+def _row(o: dict[str, np.ndarray]) -> dict:
+    row = {
+        "images": len(o["no_digit"]),
+        "no_digit": float(o["no_digit"].mean()),
+        "not_sure": float(o["not_sure"].mean()),
+    }
+    if "right" in o:
+        row["accuracy"], row["accuracy_95ci"] = _rate(o["right"])
+        row["rejected"] = float(o["refused"].mean())
     else:
-        row["rejected"], row["rejected_95ci"] = _rate(~s.found | not_sure)
+        row["rejected"], row["rejected_95ci"] = _rate(o["refused"])
     return row
 
 
-def _pooled(rows: list[dict], key: str) -> float:
-    return sum(r[key] * r["images"] for r in rows) / sum(r["images"] for r in rows)
+def score_set(clf, suite_set: SuiteSet, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict:
+    """Accuracy (digits) or refusal rate (not-digits), with the "no digit" and "not sure" rates, of one set."""
+    return _row(outcomes(clf, suite_set, min_confidence))
 
 
 def score_suite(clf, sets: list[SuiteSet], min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict:
@@ -167,9 +179,9 @@ def score_suite(clf, sets: list[SuiteSet], min_confidence: float = DEFAULT_MIN_C
     ``tight_crops`` pools the tight crops of each polarity; ``not_digits_rejected`` pools the
     not-digits; ``clean_rejected`` is the share of clean digits refused (no digit or not sure).
     """
-    rows = {s.name: score_set(clf, s, min_confidence) for s in sets}
+    found = {s.name: outcomes(clf, s, min_confidence) for s in sets}
+    rows = {name: _row(o) for name, o in found.items()}
     digits = {n: r for n, r in rows.items() if n in DIGIT_CORRUPTIONS}
-    junk = {n: r for n, r in rows.items() if n in NOT_DIGITS}
     summary: dict = {"min_confidence": min_confidence}
     if CLEAN in rows:
         summary["clean_accuracy"], summary["clean_rejected"] = rows[CLEAN]["accuracy"], rows[CLEAN]["rejected"]
@@ -178,12 +190,11 @@ def score_suite(clf, sets: list[SuiteSet], min_confidence: float = DEFAULT_MIN_C
         worst = min(digits, key=lambda n: digits[n]["accuracy"])
         summary["worst"] = {"corruption": worst, "accuracy": digits[worst]["accuracy"]}
         summary["tight_crops"] = {
-            polarity: _pooled([digits[n] for n in names if n in digits], "accuracy")
+            polarity: _rate(np.concatenate([found[n]["right"] for n in names if n in found]))[0]
             for polarity, names in TIGHT_CROPS.items()
-            if any(n in digits for n in names)
+            if any(n in found for n in names)
         }
+    junk = [o["refused"] for n, o in found.items() if n in NOT_DIGITS]
     if junk:
-        hits = sum(round(r["rejected"] * r["images"]) for r in junk.values())
-        total = sum(r["images"] for r in junk.values())
-        summary["not_digits_rejected"], summary["not_digits_rejected_95ci"] = _rate(np.arange(total) < hits)
+        summary["not_digits_rejected"], summary["not_digits_rejected_95ci"] = _rate(np.concatenate(junk))
     return {"summary": summary, "sets": rows}
