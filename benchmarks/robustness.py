@@ -78,7 +78,10 @@ def source_digits(classifiers: dict, data, digits_from: str) -> tuple[np.ndarray
             "--digits-from validation needs runs that share one validation split (the same val_split and seed); "
             "score them separately"
         )
-    return validation_split(configs[0], data)
+    try:
+        return validation_split(configs[0], data)
+    except CalibrationError as exc:  # its message speaks of calibration; say what it means here
+        raise CalibrationError(f"--digits-from validation: {exc}") from None
 
 
 def model_result(run: str, clf, sets, min_confidence: float) -> dict:
