@@ -32,7 +32,8 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int, spl
     from mnist_cnn import RECIPES, load_mnist
     from mnist_cnn.evaluate import evaluate_run
     from mnist_cnn.inference import batched_logits, to_model_input
-    from mnist_cnn.train import configure_threads, train_run
+    from mnist_cnn.runtime import configure_threads
+    from mnist_cnn.train import train_run
 
     configure_threads(threads)
     data = load_mnist()

@@ -89,13 +89,13 @@ def test_bf16_training_learns_and_keeps_float32_weights(mnist, tmp_path):
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    from mnist_cnn import train
+    from mnist_cnn import runtime
 
     cpu = torch.device("cpu")
-    assert not train.uses_bf16("fp32", cpu) and train.uses_bf16("bf16", cpu)
+    assert not runtime.uses_bf16("fp32", cpu) and runtime.uses_bf16("bf16", cpu)
     for native in (True, False):
-        monkeypatch.setattr(train, "native_bf16", lambda device, native=native: native)
-        assert train.uses_bf16("auto", cpu) is native
+        monkeypatch.setattr(runtime, "native_bf16", lambda device, native=native: native)
+        assert runtime.uses_bf16("auto", cpu) is native
     with pytest.raises(ValueError, match="unknown precision 'fp16'; choose one of: fp32, bf16, auto"):
         TrainConfig(precision="fp16")
 

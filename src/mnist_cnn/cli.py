@@ -289,7 +289,8 @@ def _load_data(args):
 def cmd_train(args) -> int:
     from . import distributed
     from .evaluate import evaluate_run, format_metrics
-    from .train import configure_threads, read_run_settings, train_run
+    from .runtime import configure_threads
+    from .train import read_run_settings, train_run
 
     if args.nproc > 1 and not distributed.launched_by_torchrun():
         return _launch_distributed(args)
@@ -371,12 +372,10 @@ def cmd_train(args) -> int:
 
 
 def torch_device(name: str):
-    """'cuda:1' as torch.device, other names through select_device (which checks they exist)."""
-    import torch
+    """The torch.device named ``name`` ('auto', 'cpu', 'cuda', 'cuda:1', ...), checked to exist."""
+    from .runtime import select_device
 
-    from .inference import select_device
-
-    return torch.device(name) if ":" in name else select_device(name)
+    return select_device(name)
 
 
 def _was_interrupted(run_dir: Path) -> bool:
@@ -410,7 +409,7 @@ def _config_overrides(args) -> dict:
 
 def cmd_evaluate(args) -> int:
     from .inference import load_model, read_config
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     read_config(args.run)  # a clear error before the data is loaded
     configure_threads(args.threads)
@@ -437,7 +436,7 @@ def _evaluate_and_print(run: Path, data, args) -> int:
 
 def cmd_ensemble(args) -> int:
     from .ensemble import make_ensemble
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     configure_threads(args.threads)
     data = _load_data(args)  # a clear error before anything is written
@@ -450,7 +449,7 @@ def cmd_calibrate(args) -> int:
     from .calibrate import calibrate_run
     from .evaluate import calibration_line, evaluate_run
     from .inference import read_config
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     read_config(args.run)
     configure_threads(args.threads)
@@ -527,7 +526,7 @@ def _batch(args, columns: list[str], handle) -> int:
 
 def _classifier(args):
     from .inference import load_model
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     configure_threads(args.threads)
     return load_model(
@@ -664,7 +663,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .train import configure_threads
+    from .runtime import configure_threads
     from .tune import DEFAULT_STORAGE, format_study, run_study, search_space
 
     storage = args.storage or DEFAULT_STORAGE

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .augment import Augmentation
+from .runtime import PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
-PRECISIONS = ("fp32", "bf16", "auto")
 # Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
 # /v1/read, `confident: false` in /v1/predict. One value for the CLI, the library and the service.
 DEFAULT_MIN_CONFIDENCE = 0.5

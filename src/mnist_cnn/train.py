@@ -34,25 +34,17 @@ from .inference import (
     MNIST_NORMALIZATION,
     batched_logits,
     save_model,
-    select_device,
     to_model_input,
     versions,
     write_json,
 )
 from .models import count_parameters, create_model, list_models
 from .reproducibility import git_commit, package_versions, seed_everything
+from .runtime import select_device, uses_bf16
 from .tracking import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 REJECT_SOURCE_DIGITS = 40_000  # training digits cut and paired into about half as many not-a-digit images
-
-
-def configure_threads(threads: int | None) -> int:
-    """Use ``threads`` CPU threads, or by default one per core this process may run on."""
-    if threads is None or threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    return threads
 
 
 @dataclass
@@ -84,20 +76,6 @@ def lr_factor(config: TrainConfig, steps: int) -> Callable[[int], float]:
         return 1.0  # "constant", as the seeds trained
 
     return factor
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively (AVX512-BF16 or AMX on a CPU), so autocast pays off."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """``precision`` ('fp32', 'bf16' or 'auto') resolved for ``device``."""
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int):

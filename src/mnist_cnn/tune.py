@@ -26,8 +26,8 @@ import torch
 from .config import TrainConfig
 from .data import MNIST, parse_val_split
 from .errors import MnistCnnError
-from .inference import select_device
 from .models import create_model
+from .runtime import select_device
 from .train import fit, initial_weights, reject_tensor, split_tensors
 
 log = logging.getLogger(__name__)
