@@ -120,7 +120,8 @@ def test_resume_mistakes_get_a_message(tmp_path, capsys):
 
 
 def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, mnist):
-    """Fields added to TrainConfig later (photo_digits, reject_weight, init) take their defaults."""
+    """Fields added to TrainConfig later (photo_digits, reject_weight, init) take their defaults, and
+    val_split saved as text (before it was a number) still matches."""
     config = TrainConfig(model="basic", epochs=2, limit=300, val_split="200")
     run = tmp_path / "run"
     train_run(config, mnist, run, device="cpu", progress=False)
@@ -128,6 +129,7 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, mni
     path, state = store.latest()
     for name in ("photo_digits", "reject_weight", "init"):
         del state["config"][name]
+    state["config"]["val_split"] = "200"
     step = int(path.stem.split("-")[1])
     store.save({k: v for k, v in state.items() if k != "format_version"}, step + 1)
     result = train_run(config, mnist, run, device="cpu", progress=False, resume=True)

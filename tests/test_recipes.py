@@ -188,7 +188,7 @@ def test_members_sharing_one_validation_split_give_the_ensemble_a_validation_fig
     config = RECIPES["fast"].config.replace(limit=3000, val_split="1000", seed=2, split_seed=0, epochs=2)
     train_run(config, mnist, tmp_path / "fast-2", recipe="fast", device="cpu", progress=False)
     out = make_ensemble([two_runs[0], tmp_path / "fast-2"], tmp_path / "ens")
-    assert json.loads((out / "config.json").read_text())["validation"] == {"val_split": "1000", "seed": 0}
+    assert json.loads((out / "config.json").read_text())["validation"] == {"val_split": 1000, "seed": 0}
     metrics = evaluate_run(out, mnist)
     _, val_idx = split_validation(len(mnist.train_images), "1000", 0)
     by_hand = (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_cnn.config import RECIPES, TrainConfig
+from mnist_cnn.config import RECIPES, TrainConfig, validation_of
 from mnist_cnn.inference import to_model_input
 from mnist_cnn.models import create_model
 from mnist_cnn.train import fit
@@ -114,14 +114,24 @@ def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
 
 def test_recipes_hold_the_seeds_settings():
     expected = {
-        "basic": (10, 32, "5000"),
-        "dropout": (10, 32, "0.3"),
-        "three-conv": (5, 128, "5000"),
-        "deep": (30, 256, "5000"),
+        "basic": (10, 32, 5000),
+        "dropout": (10, 32, 0.3),
+        "three-conv": (5, 128, 5000),
+        "deep": (30, 256, 5000),
     }
     for name, (epochs, batch, val) in expected.items():
         c = RECIPES[name].config
         assert (c.epochs, c.batch_size, c.val_split, c.model) == (epochs, batch, val, name)
+
+
+@pytest.mark.parametrize("given, count_or_fraction", [("5000", 5000), (5000, 5000), ("0.3", 0.3), (0.3, 0.3), ("0", 0)])
+def test_val_split_is_a_count_or_a_fraction_given_as_text_or_number(given, count_or_fraction):
+    # The CLI passes text, and configs saved before val_split was a number hold "5000" or "0.3".
+    config = TrainConfig(val_split=given)
+    assert config.val_split == count_or_fraction and type(config.val_split) is type(count_or_fraction)
+    assert TrainConfig(**config.to_dict()) == config
+    assert validation_of({"train_config": {"val_split": given, "seed": 4}}) == (count_or_fraction, 4)
+    assert validation_of({"validation": {"val_split": given, "seed": 4}}) == (count_or_fraction, 4)
 
 
 @pytest.mark.parametrize("change,message", [

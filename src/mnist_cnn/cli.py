@@ -78,6 +78,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (each overrides the recipe)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        # val_split is a count or a fraction: TrainConfig reads the text, so its messages are the same everywhere.
         kind = str if f.name == "val_split" else int if f.name == "split_seed" else type(getattr(base, f.name))
         if kind is bool:
             extra = {"action": argparse.BooleanOptionalAction}

@@ -408,6 +408,15 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _saved_config(saved: dict) -> TrainConfig | None:
+    """A config as a checkpoint saved it, filled in with today's defaults (for fields added since);
+    None when this version cannot read it."""
+    try:
+        return TrainConfig(**{**TrainConfig().to_dict(), **saved})
+    except (TypeError, ValueError):
+        return None
+
+
 def read_run_settings(run_dir: str | os.PathLike) -> dict:
     """What ``run.json`` recorded when the run started (recipe, config, options); {} if unreadable."""
     try:
@@ -453,8 +462,7 @@ def train_run(
             log.warning("%s has no intact checkpoint yet; training it again from the start", run_dir)
         else:
             path, state = found
-            # Filled in with today's defaults, so a checkpoint from before a new field still matches.
-            if {**TrainConfig().to_dict(), **state["config"]} != config.to_dict():
+            if _saved_config(state["config"]) != config:
                 raise CheckpointError(f"{path} was written with another training config than {run_dir / 'run.json'}")
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
     started = read_run_settings(run_dir).get("started") if resume else None

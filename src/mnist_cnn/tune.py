@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-from .data import MNIST, parse_val_split
+from .data import MNIST
 from .errors import MnistCnnError
 from .models import create_model
 from .runtime import select_device
@@ -199,7 +199,7 @@ def run_study(
     optuna = _optuna()
     if trials < 1:
         raise ValueError("--trials must be at least 1")
-    if parse_val_split(base.val_split) == 0:
+    if base.val_split == 0:
         raise ValueError(
             "tuning needs a validation split (the objective is validation accuracy); --val-split 0 has none"
         )
