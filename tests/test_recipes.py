@@ -13,14 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mnist_cnn.callbacks import EveryNSteps
 from mnist_cnn.config import RECIPES, TrainConfig
 from mnist_cnn.data import split_validation
 from mnist_cnn.ensemble import TTA, make_ensemble
 from mnist_cnn.errors import ModelFolderError
 from mnist_cnn.evaluate import evaluate_run
 from mnist_cnn.inference import load_model, to_model_input
+from mnist_cnn.loop import fit, lr_factor
 from mnist_cnn.models import count_parameters, create_model
-from mnist_cnn.train import fit, lr_factor, train_run
+from mnist_cnn.train import train_run
 
 
 def _subset(mnist, start, n):
@@ -136,7 +138,7 @@ def test_step_callback_sees_the_kept_model_and_is_not_timed(mnist):
 
         time.sleep(0.05)
 
-    result = fit(create_model("fast"), train, None, config, progress=False, on_step=on_step, step_every=5)
+    result = fit(create_model("fast"), train, None, config, progress=False, callbacks=[EveryNSteps(5, on_step)])
     assert [s for s, _ in calls] == [5, 10, 15, 20]
     assert all(b[1] > a[1] for a, b in itertools.pairwise(calls)) and calls[-1][1] < 0.2 + result.train_seconds
     assert result.train_seconds < sum(r["seconds"] for r in result.history) + 0.1

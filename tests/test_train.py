@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from mnist_cnn.callbacks import AfterEpoch
 from mnist_cnn.config import RECIPES, TrainConfig, validation_of
 from mnist_cnn.inference import to_model_input
+from mnist_cnn.loop import fit
 from mnist_cnn.models import create_model
-from mnist_cnn.train import fit
 
 
 def _subset(mnist, start, n):
@@ -97,14 +98,16 @@ def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
     def run(on_epoch=None):
         torch.manual_seed(7)
         model = create_model("basic")
-        return model, fit(model, train, val, config, progress=False, on_epoch=on_epoch)
+        return model, fit(
+            model, train, val, config, progress=False, callbacks=[AfterEpoch(on_epoch)] if on_epoch else ()
+        )
 
     a, _ = run()
     b, _ = run()
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
-    def interrupt(result):
-        if len(result.history) == 2:
+    def interrupt(state):
+        if len(state.history) == 2:
             raise KeyboardInterrupt
 
     c, result = run(interrupt)
@@ -173,7 +176,7 @@ def test_without_validation_an_interrupted_run_keeps_the_last_completed_epoch(mn
     torch.manual_seed(2)
     model = create_model("basic")
     model.register_forward_pre_hook(stop_midway_through_epoch_2)
-    on_epoch = lambda result: snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-    result = fit(model, train, None, config, progress=False, on_epoch=on_epoch)
+    on_epoch = AfterEpoch(lambda state: snapshots.append({k: v.clone() for k, v in model.state_dict().items()}))
+    result = fit(model, train, None, config, progress=False, callbacks=[on_epoch])
     assert result.interrupted and result.best_epoch == 1 and len(snapshots) == 1
     assert all(torch.equal(v, snapshots[0][k]) for k, v in model.state_dict().items())

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import torch
 
+from .callbacks import AfterEpoch
 from .config import TrainConfig
 from .data import MNIST
 from .errors import MnistCnnError
+from .loop import fit
 from .models import create_model
 from .runtime import select_device
-from .train import fit, initial_weights, reject_tensor, split_tensors
+from .train import initial_weights, reject_tensor, split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +242,8 @@ def run_study(
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
-        def report(result):
-            row = result.history[-1]
+        def report(state):
+            row = state.history[-1]
             trial.report(row["val_accuracy"], row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.4f} after epoch {row['epoch']}")
@@ -250,7 +252,7 @@ def run_study(
         model = create_model(config.model).to(dev)
         if initial is not None:
             model.load_state_dict(initial)
-        result = fit(model, train, val, config, progress=progress, on_epoch=report, rejects=rejects)
+        result = fit(model, train, val, config, progress=progress, callbacks=[AfterEpoch(report)], rejects=rejects)
         if result.interrupted:
             raise KeyboardInterrupt
         best = max(row["val_accuracy"] for row in result.history)
