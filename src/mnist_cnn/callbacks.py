@@ -7,7 +7,7 @@
 - ``on_step`` after each optimiser step;
 - ``on_epoch_end`` once the epoch's row (losses, accuracies, seconds) is in ``state.history``,
   the best weights are kept, and the state points at the next epoch (what a checkpoint must hold);
-- ``on_end`` once, after the last epoch or a Ctrl-C.
+- ``on_end`` once, after the last epoch, a Ctrl-C or an error.
 
 Time spent in a callback is not counted as training time (``train_seconds``, each row's ``seconds``)
 unless it sets ``counts_as_training``: following accuracy during training must not make it look slower.
@@ -76,7 +76,7 @@ class ProgressBar(Callback):
     def on_step(self, state: TrainState) -> None:
         self.bar.update()
         if state.step % self.every == 0 or state.step == state.steps:
-            seen = min(state.step * state.config.batch_size, state.images) / distributed.current().world_size
+            seen = min(state.step * state.config.batch_size, state.train_images) / distributed.current().world_size
             self.bar.set_postfix(loss=f"{state.loss_sum.item() / seen:.4f}", acc=f"{state.correct.item() / seen:.4f}")
 
     def on_epoch_end(self, state: TrainState) -> None:

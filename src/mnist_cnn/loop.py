@@ -137,15 +137,14 @@ class TrainState:
     random states, so every process must call it.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, images: int, device: torch.device):
+    def __init__(self, model: nn.Module, config: TrainConfig, train_images: int, device: torch.device):
         env = distributed.current()
-        self.model, self.config, self.images = model, config, images  # images: this run's training set size
-        self.steps = steps_per_epoch(images, config.batch_size, env.world_size)  # global steps per epoch
+        self.model, self.config, self.train_images = model, config, train_images  # the training set's size
+        self.steps = steps_per_epoch(train_images, config.batch_size, env.world_size)  # global steps per epoch
         self.optimizer, self.scheduler = _make_optimizer(model, config, config.epochs * self.steps)
         self.ema = _make_ema(model, config.ema)
-        self.shuffle = torch.Generator().manual_seed(
-            config.seed
-        )  # on the CPU, so shuffling never depends on the device
+        # Shuffling draws on the CPU, so the order never depends on the device.
+        self.shuffle = torch.Generator().manual_seed(config.seed)
         # Each process augments its own shard with its own draws (rank 0 draws as a single process does).
         self.augment_rng = torch.Generator().manual_seed(config.seed + 1 + 1_000_003 * env.rank)
         self.epoch, self.step = 1, 0  # the epoch under way (1-based) and how many of its steps are done
@@ -272,7 +271,7 @@ def _batch(setup: _Setup, state: TrainState, order: torch.Tensor) -> tuple[torch
 
 def _reject_loss(reject_logits: torch.Tensor, weight: float) -> torch.Tensor:
     """Outlier exposure: ``weight`` x the cross-entropy of not-a-digit images against uniform
-    probabilities ("not sure of any digit"); the constant log(10) is left out."""
+    probabilities ("not sure of any digit")."""
     return -(weight * F.log_softmax(reject_logits, 1).mean())
 
 
@@ -321,7 +320,7 @@ def _keep_if_best(state: TrainState, row: dict) -> None:
 def _end_epoch(state: TrainState, val, epoch_start: float) -> None:
     """The epoch's history row (validation included), the best weights kept, and on to the next epoch."""
     _sync_processes(state)
-    config, seen = state.config, min(state.steps * state.config.batch_size, state.images)
+    config, seen = state.config, min(state.steps * state.config.batch_size, state.train_images)
     row = {
         "epoch": state.epoch, "train_loss": state.loss_sum.item() / seen, "train_accuracy": state.correct.item() / seen,
         "lr": state.optimizer.param_groups[0]["lr"], "seconds": state.clock.seconds() - epoch_start,
@@ -371,7 +370,7 @@ def fit(
     Inside a ``torch.distributed`` process group the model is wrapped in DDP and each process
     trains on its shard of every global batch (see :mod:`.distributed`).
 
-    ``rejects`` (normalised not-a-digit images, see :func:`reject_tensor`): with
+    ``rejects`` (normalised not-a-digit images, see :func:`mnist_cnn.train.reject_tensor`): with
     ``config.reject_weight`` > 0, a quarter-batch of them, augmented like the digits, joins every
     step, and ``reject_weight`` x their cross-entropy against uniform probabilities is added to the loss.
     """
@@ -396,5 +395,6 @@ def fit(
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: keeping the weights of epoch %s", state.best_epoch or "in progress")
-    call(callbacks, "on_end", state)
+    finally:
+        call(callbacks, "on_end", state)
     return _finish(state, interrupted)
