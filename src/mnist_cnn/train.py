@@ -315,8 +315,8 @@ def train_run(
     dev = device if isinstance(device, torch.device) else select_device(device)
     options = {"recipe": recipe, "deterministic": deterministic, "tensorboard": tensorboard,
                "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints}  # fmt: skip
-    store = Checkpoints(run_dir, keep=keep_checkpoints)
-    state = _checkpoint_to_resume(store, config) if resume else None
+    checkpointing = Checkpointing(Checkpoints(run_dir, keep=keep_checkpoints), checkpoint_every)  # checked first
+    state = _checkpoint_to_resume(checkpointing.store, config) if resume else None
     started = _start_folder(run_dir, config, resume, options)
     # Checked before the slow steps; a resumed run has its own weights in the checkpoint.
     initial = initial_weights(config) if config.init and state is None else None
@@ -327,7 +327,7 @@ def train_run(
     previous = torch.are_deterministic_algorithms_enabled()
     model = _seeded_model(config, dev, initial, deterministic)
     _log_start(config, model, train, val, dev)
-    hooks = [Checkpointing(store, checkpoint_every), _RunFiles(run_dir, board), *callbacks]
+    hooks = [checkpointing, _RunFiles(run_dir, board), *callbacks]
     try:
         if board is not None and state is None:
             board.config({"recipe": recipe, **config.to_dict()})
