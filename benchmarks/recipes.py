@@ -21,7 +21,8 @@ import torch
 
 from mnist_cnn import RECIPES, load_mnist
 from mnist_cnn.evaluate import evaluate_run
-from mnist_cnn.train import configure_threads, train_run
+from mnist_cnn.runtime import configure_threads
+from mnist_cnn.train import train_run
 
 
 def cpu_name() -> str:

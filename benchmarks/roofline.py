@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mnist_cnn import create_model
-from mnist_cnn.train import configure_threads
+from mnist_cnn.runtime import configure_threads
 
 
 def macs_per_image(model: nn.Module) -> int:

@@ -30,9 +30,11 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int, spl
     import torch
 
     from mnist_cnn import RECIPES, load_mnist
+    from mnist_cnn.callbacks import EveryNSteps
     from mnist_cnn.evaluate import evaluate_run
     from mnist_cnn.inference import batched_logits, to_model_input
-    from mnist_cnn.train import configure_threads, train_run
+    from mnist_cnn.runtime import configure_threads
+    from mnist_cnn.train import train_run
 
     configure_threads(threads)
     data = load_mnist()
@@ -55,7 +57,7 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int, spl
 
     run_dir = out / f"{recipe}-seed{seed}"
     result = train_run(
-        config, data, run_dir, recipe=recipe, device="cpu", progress=False, on_step=on_step, step_every=every
+        config, data, run_dir, recipe=recipe, device="cpu", progress=False, callbacks=[EveryNSteps(every, on_step)]
     )
     metrics = evaluate_run(run_dir, data)
     return {

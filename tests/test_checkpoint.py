@@ -13,10 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mnist_cnn.callbacks import AfterEpoch
 from mnist_cnn.checkpoint import CheckpointError, Checkpoints
 from mnist_cnn.cli import main
 from mnist_cnn.config import TrainConfig
-from mnist_cnn.train import train_run
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.train import RunFinishedError, resume_run, state_digest, train_run
 
 EXE = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
 # Everything with state: the deep model's batch norm and dropout, augmentation draws, an EMA of the
@@ -122,7 +124,8 @@ def test_resume_mistakes_get_a_message(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, mnist):
-    """Fields added to TrainConfig later (photo_digits, reject_weight, init) take their defaults."""
+    """Fields added to TrainConfig later (photo_digits, reject_weight, init) take their defaults, and
+    val_split saved as text (before it was a number) still matches."""
     config = TrainConfig(model="basic", epochs=2, limit=300, val_split="200")
     run = tmp_path / "run"
     train_run(config, mnist, run, device="cpu", progress=False)
@@ -130,9 +133,38 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, mni
     path, state = store.latest()
     for name in ("photo_digits", "reject_weight", "init"):
         del state["config"][name]
+    state["config"]["val_split"] = "200"
     step = int(path.stem.split("-")[1])
     store.save({k: v for k, v in state.items() if k != "format_version"}, step + 1)
     result = train_run(config, mnist, run, device="cpu", progress=False, resume=True)
     assert len(result.fit.history) == 2
     with pytest.raises(CheckpointError, match="another training config"):
         train_run(config.replace(lr=0.5), mnist, run, device="cpu", progress=False, resume=True)
+
+
+def test_a_python_user_resumes_a_stopped_run_to_the_uninterrupted_weights(tmp_path, mnist):
+    """resume_run reads the run's own settings (here a run.json from before val_split was a number)."""
+    config = TrainConfig(model="basic", epochs=2, batch_size=50, limit=300, val_split=200, seed=4)
+    whole = train_run(config, mnist, tmp_path / "whole", device="cpu", progress=False, deterministic=True)
+
+    def stop_after_epoch_1(state):
+        if len(state.history) == 1:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "stopped"
+    stopped = train_run(config, mnist, run, device="cpu", progress=False, deterministic=True,
+                        callbacks=[AfterEpoch(stop_after_epoch_1)])  # fmt: skip
+    assert stopped.fit.interrupted and len(stopped.fit.history) == 1
+    settings = json.loads((run / "run.json").read_text())
+    settings["train_config"]["val_split"] = "200"
+    (run / "run.json").write_text(json.dumps(settings))
+
+    resumed = resume_run(run, mnist, device="cpu", progress=False)
+    assert resumed.fit.resumed_from == 6 and not resumed.fit.interrupted  # 300 images in batches of 50
+    assert [r["val_loss"] for r in resumed.fit.history] == [r["val_loss"] for r in whole.fit.history]
+    assert state_digest(resumed.model) == state_digest(whole.model)
+    assert resumed.config["training"]["deterministic"] is True  # from run.json
+    with pytest.raises(RunFinishedError, match="finished training already; there is nothing to resume"):
+        resume_run(run, mnist, device="cpu")
+    with pytest.raises(MnistCnnError, match="no readable run.json"):
+        resume_run(tmp_path / "nowhere", mnist, device="cpu")

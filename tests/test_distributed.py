@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mnist_cnn.config import TrainConfig
-from mnist_cnn.train import state_digest, steps_per_epoch, train_run
+from mnist_cnn.loop import steps_per_epoch
+from mnist_cnn.train import state_digest, train_run
 
 EXE = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
 # The deep model, for its batch norm: global batch 32, i.e. 16 images per process.

@@ -63,7 +63,7 @@ def test_init_starts_from_a_trained_model_and_refuses_another_architecture(train
     config = TrainConfig(model="basic", epochs=1, lr=1e-12, limit=500, val_split="500", init=str(source.run_dir))
     result = train_run(config, mnist, tmp_path / "tuned", device="cpu", progress=False)
     assert (Classifier(result.model, result.config).predict(x) == y).mean() == pytest.approx(before, abs=0.002)
-    with pytest.raises(ModelFolderError, match="holds a 'basic' model, not 'fast'; pass --model basic"):
+    with pytest.raises(ModelFolderError, match="holds a 'basic' model, not 'fast'; train model 'basic' from it"):
         train_run(config.replace(model="fast"), mnist, tmp_path / "wrong", device="cpu", progress=False)
 
 

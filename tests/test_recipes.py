@@ -13,14 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mnist_cnn.callbacks import EveryNSteps
 from mnist_cnn.config import RECIPES, TrainConfig
 from mnist_cnn.data import split_validation
 from mnist_cnn.ensemble import TTA, make_ensemble
 from mnist_cnn.errors import ModelFolderError
 from mnist_cnn.evaluate import evaluate_run
 from mnist_cnn.inference import load_model, to_model_input
+from mnist_cnn.loop import fit, lr_factor
 from mnist_cnn.models import count_parameters, create_model
-from mnist_cnn.train import fit, lr_factor, train_run
+from mnist_cnn.train import train_run
 
 
 def _subset(mnist, start, n):
@@ -92,13 +94,13 @@ def test_bf16_training_learns_and_keeps_float32_weights(mnist, tmp_path):
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    from mnist_cnn import train
+    from mnist_cnn import runtime
 
     cpu = torch.device("cpu")
-    assert not train.uses_bf16("fp32", cpu) and train.uses_bf16("bf16", cpu)
+    assert not runtime.uses_bf16("fp32", cpu) and runtime.uses_bf16("bf16", cpu)
     for native in (True, False):
-        monkeypatch.setattr(train, "native_bf16", lambda device, native=native: native)
-        assert train.uses_bf16("auto", cpu) is native
+        monkeypatch.setattr(runtime, "native_bf16", lambda device, native=native: native)
+        assert runtime.uses_bf16("auto", cpu) is native
     with pytest.raises(ValueError, match="unknown precision 'fp16'; choose one of: fp32, bf16, auto"):
         TrainConfig(precision="fp16")
 
@@ -141,7 +143,7 @@ def test_step_callback_sees_the_kept_model_and_is_not_timed(mnist):
 
         time.sleep(0.05)
 
-    result = fit(create_model("fast"), train, None, config, progress=False, on_step=on_step, step_every=5)
+    result = fit(create_model("fast"), train, None, config, progress=False, callbacks=[EveryNSteps(5, on_step)])
     assert [s for s, _ in calls] == [5, 10, 15, 20]
     assert all(b[1] > a[1] for a, b in itertools.pairwise(calls)) and calls[-1][1] < 0.2 + result.train_seconds
     assert result.train_seconds < sum(r["seconds"] for r in result.history) + 0.1
@@ -196,7 +198,7 @@ def test_members_sharing_one_validation_split_give_the_ensemble_a_validation_fig
     config = RECIPES["fast"].config.replace(limit=3000, val_split="1000", seed=2, split_seed=0, epochs=2)
     train_run(config, mnist, tmp_path / "fast-2", recipe="fast", device="cpu", progress=False)
     out = make_ensemble([two_runs[0], tmp_path / "fast-2"], tmp_path / "ens")
-    assert json.loads((out / "config.json").read_text())["validation"] == {"val_split": "1000", "seed": 0}
+    assert json.loads((out / "config.json").read_text())["validation"] == {"val_split": 1000, "seed": 0}
     metrics = evaluate_run(out, mnist)
     _, val_idx = split_validation(len(mnist.train_images), "1000", 0)
     by_hand = (

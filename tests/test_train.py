@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_cnn.config import RECIPES, TrainConfig
+from mnist_cnn.callbacks import AfterEpoch
+from mnist_cnn.config import RECIPES, TrainConfig, validation_of
 from mnist_cnn.inference import to_model_input
+from mnist_cnn.loop import fit
 from mnist_cnn.models import create_model
-from mnist_cnn.train import fit
 
 
 def _subset(mnist, start, n):
@@ -99,14 +100,16 @@ def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
     def run(on_epoch=None):
         torch.manual_seed(7)
         model = create_model("basic")
-        return model, fit(model, train, val, config, progress=False, on_epoch=on_epoch)
+        return model, fit(
+            model, train, val, config, progress=False, callbacks=[AfterEpoch(on_epoch)] if on_epoch else ()
+        )
 
     a, _ = run()
     b, _ = run()
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
-    def interrupt(result):
-        if len(result.history) == 2:
+    def interrupt(state):
+        if len(state.history) == 2:
             raise KeyboardInterrupt
 
     c, result = run(interrupt)
@@ -116,14 +119,24 @@ def test_same_seed_same_weights_and_ctrl_c_keeps_what_was_trained(mnist):
 
 def test_recipes_hold_the_seeds_settings():
     expected = {
-        "basic": (10, 32, "5000"),
-        "dropout": (10, 32, "0.3"),
-        "three-conv": (5, 128, "5000"),
-        "deep": (30, 256, "5000"),
+        "basic": (10, 32, 5000),
+        "dropout": (10, 32, 0.3),
+        "three-conv": (5, 128, 5000),
+        "deep": (30, 256, 5000),
     }
     for name, (epochs, batch, val) in expected.items():
         c = RECIPES[name].config
         assert (c.epochs, c.batch_size, c.val_split, c.model) == (epochs, batch, val, name)
+
+
+@pytest.mark.parametrize("given, count_or_fraction", [("5000", 5000), (5000, 5000), ("0.3", 0.3), (0.3, 0.3), ("0", 0)])
+def test_val_split_is_a_count_or_a_fraction_given_as_text_or_number(given, count_or_fraction):
+    # The CLI passes text, and configs saved before val_split was a number hold "5000" or "0.3".
+    config = TrainConfig(val_split=given)
+    assert config.val_split == count_or_fraction and type(config.val_split) is type(count_or_fraction)
+    assert TrainConfig(**config.to_dict()) == config
+    assert validation_of({"train_config": {"val_split": given, "seed": 4}}) == (count_or_fraction, 4)
+    assert validation_of({"validation": {"val_split": given, "seed": 4}}) == (count_or_fraction, 4)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -166,7 +179,7 @@ def test_without_validation_an_interrupted_run_keeps_the_last_completed_epoch(mn
     torch.manual_seed(2)
     model = create_model("basic")
     model.register_forward_pre_hook(stop_midway_through_epoch_2)
-    on_epoch = lambda result: snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-    result = fit(model, train, None, config, progress=False, on_epoch=on_epoch)
+    on_epoch = AfterEpoch(lambda state: snapshots.append({k: v.clone() for k, v in model.state_dict().items()}))
+    result = fit(model, train, None, config, progress=False, callbacks=[on_epoch])
     assert result.interrupted and result.best_epoch == 1 and len(snapshots) == 1
     assert all(torch.equal(v, snapshots[0][k]) for k, v in model.state_dict().items())

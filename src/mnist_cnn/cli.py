@@ -78,6 +78,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (each overrides the recipe)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        # val_split is a count or a fraction: TrainConfig reads the text, so its messages are the same everywhere.
         kind = str if f.name == "val_split" else int if f.name == "split_seed" else type(getattr(base, f.name))
         if kind is bool:
             extra = {"action": argparse.BooleanOptionalAction}
@@ -289,51 +290,16 @@ def _load_data(args):
 def cmd_train(args) -> int:
     from . import distributed
     from .evaluate import evaluate_run, format_metrics
-    from .train import configure_threads, read_run_settings, train_run
+    from .runtime import configure_threads
 
     if args.nproc > 1 and not distributed.launched_by_torchrun():
         return _launch_distributed(args)
-    overrides = _config_overrides(args)
     if args.resume is not None:
-        run_dir = args.resume
-        settings = read_run_settings(run_dir)
-        if not settings:
-            raise MnistCnnError(f"{run_dir} is not a run folder that can be resumed: it has no readable run.json")
-        if overrides or args.from_study:
-            raise MnistCnnError("--resume continues a run with the settings it started with; drop the training flags")
-        if (run_dir / "config.json").is_file() and not _was_interrupted(run_dir):
-            raise MnistCnnError(f"{run_dir} finished training already (evaluate it with: mnist-cnn evaluate {run_dir})")
-        recipe, config = settings.get("recipe"), TrainConfig(**settings["train_config"])
-        deterministic = settings.get("deterministic", False) or args.deterministic
-        tensorboard = settings.get("tensorboard", False) or args.tensorboard
-        checkpoint_every = (
-            settings.get("checkpoint_every", 0) if args.checkpoint_every is None else args.checkpoint_every
-        )
-        # The thread count can change floating-point sums: keep the run's, so a resume is exact.
-        threads = args.threads or (settings.get("threads", 0) if settings.get("world_size", 1) == 1 else 0)
+        _check_resumable(args)
+        recipe, config, run_dir = None, None, args.resume
     else:
-        recipe, base = args.recipe, RECIPES[args.recipe].config
-        if args.from_study:
-            from .tune import DEFAULT_STORAGE, best_config
-
-            recipe, base, trial = best_config(args.storage or DEFAULT_STORAGE, args.from_study)
-            log.info(
-                "starting from trial %d of study %s (validation accuracy %.4f)",
-                trial.number,
-                args.from_study,
-                trial.value,
-            )
-        config = base.replace(**overrides)
-        if recipe in RECIPES and RECIPES[recipe].fine_tunes and not config.init:
-            raise MnistCnnError(
-                f"the {recipe} recipe fine-tunes a trained {config.model} run: pass --init RUN"
-                f" (train one with: mnist-cnn train --recipe {config.model})"
-            )
-        run_dir = args.runs_dir / (args.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
-        deterministic, tensorboard, threads = args.deterministic, args.tensorboard, args.threads
-        checkpoint_every = args.checkpoint_every or 0
-
-    env, device = distributed.Dist(), args.device
+        recipe, config, run_dir = _new_run(args)
+    env, device, threads = distributed.Dist(), args.device, args.threads
     if distributed.launched_by_torchrun():
         env, device = distributed.init_from_env(args.device)
         run_dir = distributed.broadcast_object(run_dir)  # rank 0's clock names the folder
@@ -345,19 +311,7 @@ def cmd_train(args) -> int:
     configure_threads(threads)
     data = _load_data(args)
     try:
-        result = train_run(
-            config,
-            data,
-            run_dir,
-            recipe=recipe,
-            device=torch_device(device),
-            progress=not args.no_progress and sys.stderr.isatty(),
-            deterministic=deterministic,
-            tensorboard=tensorboard,
-            checkpoint_every=checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints,
-            resume=args.resume is not None,
-        )
+        result = _train_or_resume(args, recipe, config, run_dir, data, torch_device(device))
     finally:
         distributed.shutdown()
     if not env.is_main:
@@ -370,20 +324,56 @@ def cmd_train(args) -> int:
     return 130 if result.fit.interrupted else 0
 
 
-def torch_device(name: str):
-    """'cuda:1' as torch.device, other names through select_device (which checks they exist)."""
-    import torch
+def _check_resumable(args) -> None:
+    """--resume RUN: a clear error before anything is loaded when RUN cannot be resumed."""
+    from .train import RunFinishedError, resumable_settings
 
-    from .inference import select_device
-
-    return torch.device(name) if ":" in name else select_device(name)
-
-
-def _was_interrupted(run_dir: Path) -> bool:
     try:
-        return bool(json.loads((run_dir / "config.json").read_text())["training"]["interrupted"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return True  # unreadable: let the checkpoints decide
+        resumable_settings(args.resume)
+    except RunFinishedError as exc:
+        raise MnistCnnError(f"{exc} (evaluate it with: mnist-cnn evaluate {args.resume})") from None
+    if _config_overrides(args) or args.from_study:
+        raise MnistCnnError("--resume continues a run with the settings it started with; drop the training flags")
+
+
+def _new_run(args) -> tuple[str, TrainConfig, Path]:
+    """(recipe, config, run folder) of a new run: the recipe (or a study's best trial) and the flags."""
+    recipe, base = args.recipe, RECIPES[args.recipe].config
+    if args.from_study:
+        from .tune import DEFAULT_STORAGE, best_config
+
+        recipe, base, trial = best_config(args.storage or DEFAULT_STORAGE, args.from_study)
+        log.info(
+            "starting from trial %d of study %s (validation accuracy %.4f)", trial.number, args.from_study, trial.value
+        )
+    config = base.replace(**_config_overrides(args))
+    if recipe in RECIPES and RECIPES[recipe].fine_tunes and not config.init:
+        raise MnistCnnError(
+            f"the {recipe} recipe fine-tunes a trained {config.model} run: pass --init RUN"
+            f" (train one with: mnist-cnn train --recipe {config.model})"
+        )
+    return recipe, config, args.runs_dir / (args.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _train_or_resume(args, recipe, config, run_dir, data, device):
+    from .train import resume_run, train_run
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    if args.resume is not None:
+        # Without --threads, the run's own thread count (the library's default), so the resume is exact.
+        return resume_run(run_dir, data, device=device, progress=progress, threads=args.threads or None,
+                          deterministic=args.deterministic, tensorboard=args.tensorboard,
+                          checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints)  # fmt: skip
+    return train_run(config, data, run_dir, recipe=recipe, device=device, progress=progress,
+                     deterministic=args.deterministic, tensorboard=args.tensorboard,
+                     checkpoint_every=args.checkpoint_every or 0, keep_checkpoints=args.keep_checkpoints)  # fmt: skip
+
+
+def torch_device(name: str):
+    """The torch.device named ``name`` ('auto', 'cpu', 'cuda', 'cuda:1', ...), checked to exist."""
+    from .runtime import select_device
+
+    return select_device(name)
 
 
 def _launch_distributed(args) -> int:
@@ -410,7 +400,7 @@ def _config_overrides(args) -> dict:
 
 def cmd_evaluate(args) -> int:
     from .inference import load_model, read_config
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     read_config(args.run)  # a clear error before the data is loaded
     configure_threads(args.threads)
@@ -437,7 +427,7 @@ def _evaluate_and_print(run: Path, data, args) -> int:
 
 def cmd_ensemble(args) -> int:
     from .ensemble import make_ensemble
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     configure_threads(args.threads)
     data = _load_data(args)  # a clear error before anything is written
@@ -450,7 +440,7 @@ def cmd_calibrate(args) -> int:
     from .calibrate import calibrate_run
     from .evaluate import calibration_line, evaluate_run
     from .inference import read_config
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     read_config(args.run)
     configure_threads(args.threads)
@@ -527,7 +517,7 @@ def _batch(args, columns: list[str], handle) -> int:
 
 def _classifier(args):
     from .inference import load_model
-    from .train import configure_threads
+    from .runtime import configure_threads
 
     configure_threads(args.threads)
     return load_model(
@@ -664,7 +654,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .train import configure_threads
+    from .runtime import configure_threads
     from .tune import DEFAULT_STORAGE, format_study, run_study, search_space
 
     storage = args.storage or DEFAULT_STORAGE

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .augment import Augmentation
+from .runtime import PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
-PRECISIONS = ("fp32", "bf16", "auto")
 # Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
 # /v1/read, `confident: false` in /v1/predict. One value for the CLI, the library and the service.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -92,8 +92,8 @@ class TrainConfig:
             " 'auto' (bf16 where the CPU or GPU computes it natively, else fp32)"
         ),
     )
-    val_split: str = field(
-        default="5000",
+    val_split: int | float = field(
+        default=5000,
         metadata=_help("validation images held out of the training set: a count, or a fraction such as 0.3"),
     )
     seed: int = field(
@@ -129,7 +129,9 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
-        parse_val_split(self.val_split)
+        # The one place a split is read: "5000" or "0.3" (the CLI, and configs saved before it was a
+        # number) become 5000 or 0.3, so every user of a config sees a number.
+        object.__setattr__(self, "val_split", parse_val_split(self.val_split))
 
     @property
     def augmentation(self) -> Augmentation:
@@ -155,16 +157,19 @@ def validation_seed(train_config: dict) -> int:
     return int(train_config["seed"] if split_seed is None else split_seed)
 
 
-def validation_of(model_config: dict) -> tuple[str, int] | None:
+def validation_of(model_config: dict) -> tuple[int | float, int] | None:
     """``(val_split, seed)`` of the images a model folder was selected on, or None if it does not say.
 
     A run records its train_config; an ensemble records the split its members share, if they share one.
     """
+    from .data import parse_val_split  # folders saved before val_split was a number hold "5000"
+
     if "validation" in model_config:
-        return str(model_config["validation"]["val_split"]), int(model_config["validation"]["seed"])
+        validation = model_config["validation"]
+        return parse_val_split(validation["val_split"]), int(validation["seed"])
     train_config = model_config.get("train_config") or {}
     if "val_split" in train_config and "seed" in train_config:
-        return str(train_config["val_split"]), validation_seed(train_config)
+        return parse_val_split(train_config["val_split"]), validation_seed(train_config)
     return None
 
 
@@ -183,7 +188,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("basic", "Conv32-Conv64-Dense128, Adam, 10 epochs, batch 32 (the most common Keras seed)",
                TrainConfig(model="basic", epochs=10, batch_size=32)),
         Recipe("dropout", "Conv32-Conv64-Dropout-Dense10, Adam, 10 epochs, batch 32, 30% validation",
-               TrainConfig(model="dropout", epochs=10, batch_size=32, val_split="0.3")),
+               TrainConfig(model="dropout", epochs=10, batch_size=32, val_split=0.3)),
         Recipe("three-conv", "Conv32-Conv64-Conv64-Dense64 (TensorFlow tutorial), Adam, 5 epochs, batch 128",
                TrainConfig(model="three-conv", epochs=5, batch_size=128)),
         Recipe("deep", "VGG-style conv/BN/pool/dropout network, Adam, 30 epochs, batch 256, cosine decay",

@@ -155,8 +155,9 @@ def average_buffers(model: nn.Module) -> None:
 
 def threads_per_rank(local_world_size: int) -> int:
     """An even share of this machine's cores for each of the processes on it (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(local_world_size, 1))
+    from .runtime import available_cores
+
+    return max(1, available_cores() // max(local_world_size, 1))
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -27,6 +27,7 @@ from torch import nn
 from . import __version__
 from .errors import ModelFolderError
 from .models import create_model, kwargs_from_weights
+from .runtime import select_device
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +45,6 @@ def versions() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps was asked for, but this PyTorch has no MPS backend")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)
 
 
 def to_model_input(images, normalization: dict = MNIST_NORMALIZATION) -> torch.Tensor:

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import torch
 
+from .callbacks import AfterEpoch
 from .config import TrainConfig
-from .data import MNIST, parse_val_split
+from .data import MNIST
 from .errors import MnistCnnError
-from .inference import select_device
+from .loop import fit
 from .models import create_model
-from .train import fit, initial_weights, reject_tensor, split_tensors
+from .runtime import select_device
+from .train import initial_weights, reject_tensor, split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +223,7 @@ def run_study(
     optuna = _optuna()
     if trials < 1:
         raise ValueError("--trials must be at least 1")
-    if parse_val_split(base.val_split) == 0:
+    if base.val_split == 0:
         raise ValueError(
             "tuning needs a validation split (the objective is validation accuracy); --val-split 0 has none"
         )
@@ -247,8 +249,8 @@ def run_study(
         trial.set_user_attr("train_config", config.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
-        def report(result):
-            row = result.history[-1]
+        def report(state):
+            row = state.history[-1]
             trial.report(row["val_accuracy"], row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.4f} after epoch {row['epoch']}")
@@ -257,7 +259,7 @@ def run_study(
         model = create_model(config.model).to(dev)
         if initial is not None:
             model.load_state_dict(initial)
-        result = fit(model, train, val, config, progress=progress, on_epoch=report, rejects=rejects)
+        result = fit(model, train, val, config, progress=progress, callbacks=[AfterEpoch(report)], rejects=rejects)
         if result.interrupted:
             raise KeyboardInterrupt
         best = max(row["val_accuracy"] for row in result.history)
