@@ -39,8 +39,11 @@ import numpy as np
 from scipy import ndimage
 
 from .config import DEFAULT_MIN_CONFIDENCE
+from .errors import TooManyMarksError
 from .preprocess import (
+    LIMITS,
     WORK_SIDE,
+    ImageLimits,
     NoDigitError,
     PreprocessRecord,
     components,
@@ -461,7 +464,7 @@ def segment(
     if not pieces:
         return []
     if len(pieces) > MAX_DIGITS:
-        raise NoDigitError(
+        raise TooManyMarksError(
             f"{record.source}: {len(pieces)} separate marks found; this does not look like a number "
             f"(at most {MAX_DIGITS} digits are read)"
         )
@@ -478,17 +481,23 @@ def segment(
 
 
 def read_digits(
-    clf: Classifier, image, *, min_confidence: float = DEFAULT_MIN_CONFIDENCE, work_side: int = WORK_SIDE
+    clf: Classifier,
+    image,
+    *,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    work_side: int = WORK_SIDE,
+    limits: ImageLimits = LIMITS,
 ) -> Reading:
     """Read every digit in ``image`` (path, bytes, file object, PIL image or array): a :class:`Reading`.
 
     Digits whose probability is below ``min_confidence`` are marked uncertain and shown as "?" in
     the text. An image with no ink gives a Reading with ``found == False`` and empty text; input
-    that is not a readable image raises :class:`mnist_cnn.preprocess.ImageError`.
+    that is not a readable image (or is outside ``limits``) raises :class:`mnist_cnn.preprocess.ImageError`,
+    and one with more separate marks than :data:`MAX_DIGITS` raises :class:`mnist_cnn.errors.TooManyMarksError`.
     """
     if not 0 <= min_confidence <= 1:
         raise ValueError(f"min_confidence must be between 0 and 1, got {min_confidence}")
-    grey, record = decode_image(image, work_side=work_side)
+    grey, record = decode_image(image, work_side=work_side, limits=limits)
     try:
         ink = ink_map(grey, record)
     except NoDigitError:
