@@ -31,8 +31,8 @@ router = APIRouter()
 @router.post("/v1/predict", response_model=Prediction, responses=ERRORS, openapi_extra=PREDICT_BODY,
              summary="Classify one digit: an uploaded image, or 784 pixel values as JSON")  # fmt: skip
 async def predict(request: Request, service: ServiceDep):
-    image = await _read_image(request, service)
-    return json_response(await service.predict(image, service.settings.min_confidence))
+    image, min_confidence = await _read_image(request, service)
+    return json_response(await service.predict(image, min_confidence))
 
 
 @router.post("/v1/read", response_model=ReadingResult, responses=ERRORS, openapi_extra=READ_BODY,
@@ -64,11 +64,15 @@ async def model_info(service: ServiceDep):
     return json_response(service.describe())
 
 
-async def _read_image(request: Request, service: Service) -> np.ndarray:
-    ctype = parsing.content_type(request)
+async def _read_image(request: Request, service: Service) -> tuple[np.ndarray, float]:
+    """The (28, 28) float32 image of a /v1/predict request, and the min_confidence to judge its answer by."""
+    ctype, default = parsing.content_type(request), service.settings.min_confidence
     if ctype == "application/json":
-        return parsing.parse_pixels(parsing.load_json_object(await request.body()))
+        data = parsing.load_json_object(await request.body())
+        image = parsing.parse_pixels(data)
+        return image, parsing.min_confidence(request, data.get("min_confidence"), default, "body")
     if ctype == "multipart/form-data":
-        data, _ = await parsing.read_upload(request, service.settings.max_body_bytes)
-        return await run_in_threadpool(decode_upload, data, service.settings)
+        data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
+        min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), default)
+        return await run_in_threadpool(decode_upload, data, service.settings), min_confidence
     raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; send application/json or multipart/form-data", "content-type")  # fmt: skip

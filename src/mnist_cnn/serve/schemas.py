@@ -17,15 +17,22 @@ class ErrorBody(BaseModel):
     field: str | None = Field(None, description="the part of the request that was wrong, e.g. pixels[3][7]")
 
 
+PREDICT_MIN_CONFIDENCE_HELP = "below this probability the answer is flagged uncertain and not_a_digit (also accepted as a query parameter; default: the service's min_confidence)"  # fmt: skip
+
+
 class PixelsRequest(BaseModel):
     pixels: list[float] | list[list[float]] = Field(description="784 numbers, or 28 rows of 28, row by row; white digit on black like MNIST")  # fmt: skip
     scale: Literal[1, 255] | None = Field(None, description="255: values in 0-255; 1: values in 0-1; default: 255 if any value is above 1")  # fmt: skip
+    min_confidence: float | None = Field(None, ge=0, le=1, description=PREDICT_MIN_CONFIDENCE_HELP)
 
 
 class Prediction(BaseModel):
-    label: int = Field(description="the predicted digit")
+    label: int = Field(description="the predicted digit: the best guess, given even when the answer is not sure")
     confidence: float = Field(description="the probability of that digit")
-    confident: bool = Field(description="confidence is at least the service's min_confidence")
+    confident: bool = Field(description="confidence is at least min_confidence")
+    uncertain: bool = Field(description="confidence is below min_confidence: the model is not sure (not confident)")
+    not_a_digit: bool = Field(description="the model is not sure the image shows a digit at all: confidence is below min_confidence (the same test as uncertain); label is still the best guess")  # fmt: skip
+    min_confidence: float = Field(description="the threshold used: min_confidence of the request, else the service's")
     probabilities: list[float] = Field(description="one probability per digit 0-9")
     input: list[list[int]] = Field(description="the 28x28 image (0-255) the model saw")
 
@@ -64,7 +71,13 @@ PREDICT_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, ... of one digit"}
+                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, ... of one digit"},
+                        "min_confidence": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "description": PREDICT_MIN_CONFIDENCE_HELP,
+                        },
                     },  # fmt: skip
                     "required": ["image"],
                 }

@@ -126,13 +126,21 @@ class Service:
 
 
 def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float) -> dict:
-    """The JSON of one answer of /v1/predict: the best guess is always given; below ``min_confidence`` it is flagged."""
+    """The JSON of one answer of /v1/predict: the best guess is always given; below ``min_confidence`` it is flagged.
+
+    ``not_a_digit`` is the service's reject answer ("not sure -- is this a digit?"): today the same test
+    as ``uncertain``, since a not-digit shows up as a digit the model is not sure of.
+    """
     label = int(probs.argmax())
     confidence = float(probs[label])
+    unsure = confidence < min_confidence
     return {
         "label": label,
         "confidence": confidence,
-        "confident": confidence >= min_confidence,
+        "confident": not unsure,
+        "uncertain": unsure,
+        "not_a_digit": unsure,
+        "min_confidence": min_confidence,
         "probabilities": probs,
         "input": np.rint(image * 255).astype(np.uint8),
     }

@@ -75,8 +75,11 @@
   function showResult(result, source) {
     predictionEl.textContent = String(result.label);
     confidenceEl.textContent = `${(result.confidence * 100).toFixed(1)}%`;
-    if (result.confident) setStatus(`${source}: it is a ${result.label}`, "sure");
-    else setStatus(`${source}: not sure (maybe a ${result.label})`, "unsure");
+    // Below the service's min_confidence the model is not sure it sees a digit at all (a dot, an X, a
+    // letter): say so, and still show its best guess.
+    const guess = `best guess ${result.label}, ${Math.round(result.confidence * 100)}%`;
+    if (result.not_a_digit) setStatus(`${source}: not sure — is this a digit? (${guess})`, "unsure");
+    else setStatus(`${source}: it is a ${result.label}`, "sure");
     showProbabilities(result.probabilities);
     showSeen(result.input);
   }
