@@ -81,9 +81,11 @@ def shown(page) -> dict:
 
 
 def wait_for_label(page, previous=""):
+    # aria-busy: no answer is still to come (on a busy machine the last one can land well after the first)
     page.wait_for_function(
         "prev => document.querySelector('#status').dataset.state !== 'empty' && "
-        "document.querySelector('#prediction').textContent !== prev", arg=previous, timeout=15000
+        "document.querySelector('#prediction').textContent !== prev && "
+        "document.querySelector('#result').getAttribute('aria-busy') === 'false'", arg=previous, timeout=15000
     )  # fmt: skip
     page.wait_for_timeout(400)  # let a last debounced answer land
 
