@@ -12,10 +12,13 @@ import pytest
 from PIL import Image
 
 from mnist_cnn import MnistCnnError, load_model
+from mnist_cnn.errors import FormatNotAcceptedError, NotAnImageError, TooManyPixelsError
 from mnist_cnn.preprocess import (
     MAX_PIXELS,
     ImageError,
+    ImageLimits,
     NoDigitError,
+    decode_image,
     find_images,
     load_image,
     preprocess_image,
@@ -111,13 +114,32 @@ def test_bad_files_get_a_clear_error_quickly(bad_files, name, message):
 
 
 def test_pillows_bomb_warning_is_an_error_even_under_our_limit(monkeypatch, bad_files):
-    import mnist_cnn.preprocess as pre
-
-    monkeypatch.setattr(pre, "MAX_PIXELS", 10**12)
     # 4e8 px is over Pillow's warning level (3e8 here) and under its error level (6e8): only the warning fires.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300_000_000)
-    with pytest.raises(ImageError, match="too many pixels"):
-        preprocess_image(bad_files / "bomb.png")
+    with pytest.raises(TooManyPixelsError, match="too many pixels") as info:
+        preprocess_image(bad_files / "bomb.png", limits=ImageLimits(max_pixels=10**12))
+    assert info.value.width is None  # Pillow refused it before our own check saw its size
+
+
+def test_limits_are_one_check_with_a_typed_error_per_case():
+    """What the service relies on: its limits go into decode_image, each refusal has its own type."""
+    png, bmp = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(png, "PNG")
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(bmp, "BMP")
+    strict = ImageLimits(max_pixels=1_000, formats=frozenset({"PNG", "JPEG"}))
+    with pytest.raises(TooManyPixelsError, match="40x30 is more than the limit of 1,000") as info:
+        decode_image(png.getvalue(), limits=strict)
+    assert (info.value.width, info.value.height, info.value.limit) == (40, 30, 1_000)
+    with pytest.raises(TooManyPixelsError):  # arrays too
+        decode_image(np.zeros((30, 40, 3), np.uint8), limits=strict)
+    with pytest.raises(FormatNotAcceptedError, match="BMP is not accepted") as info:
+        decode_image(bmp.getvalue(), limits=strict)
+    assert info.value.format == "BMP" and info.value.accepted == ["JPEG", "PNG"]
+    with pytest.raises(NotAnImageError, match="not an image"):
+        decode_image(b"hello, not an image", limits=strict)
+    grey, _ = decode_image(png.getvalue(), limits=ImageLimits(max_pixels=1_200, formats=frozenset({"PNG"})))
+    assert grey.shape == (30, 40)
+    assert decode_image(bmp.getvalue())[0].shape == (30, 40)  # the defaults take any format Pillow reads
 
 
 def test_an_animation_of_thousands_of_frames_reads_only_the_first(bad_files):

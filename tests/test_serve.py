@@ -63,6 +63,41 @@ def test_json_pixels_give_exactly_what_load_model_gives(client, exported_run, mn
         assert np.array_equal(np.array(body["input"], np.uint8), image)
 
 
+def test_predict_flags_an_unsure_answer_and_still_gives_the_best_guess(client, exported_run, mnist):
+    clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
+    images = mnist.test_images[:200].numpy()
+    confidences = clf.predict_proba(images).max(1)
+    sure, unsure = int(confidences.argmax()), int(confidences.argmin())
+    level = float(confidences[unsure] + confidences[sure]) / 2  # one answer below it, the other above
+    assert confidences[unsure] < level < confidences[sure], confidences
+    for i, flagged in ((unsure, True), (sure, False)):
+        in_body = {"pixels": images[i].tolist(), "min_confidence": level}
+        in_query = {"json": {"pixels": images[i].tolist()}, "params": {"min_confidence": str(level)}}
+        for body in (client.post("/v1/predict", json=in_body).json(), client.post("/v1/predict", **in_query).json()):
+            assert body["uncertain"] is body["not_a_digit"] is flagged and body["confident"] is not flagged, body
+            assert body["min_confidence"] == level and body["label"] == int(clf.predict(images[i])[0])
+    # In the form of an upload (which goes through the preprocessing, so its confidence is its own).
+    upload = {"image": ("d.png", png(images[unsure]), "image/png")}
+    body = client.post("/v1/predict", files=upload, data={"min_confidence": str(level)}).json()
+    assert body["min_confidence"] == level and body["not_a_digit"] is (body["confidence"] < level)
+    # Without min_confidence, the service's threshold (--min-confidence) decides.
+    body = client.post("/v1/predict", json={"pixels": images[unsure].tolist()}).json()
+    assert body["min_confidence"] == DEFAULT_MIN_CONFIDENCE
+    assert body["not_a_digit"] is body["uncertain"] is (body["confidence"] < DEFAULT_MIN_CONFIDENCE)
+
+
+@pytest.mark.parametrize("value", ["abc", 1.5, -0.1, True, [0.5], "nan"])
+def test_predict_refuses_a_malformed_min_confidence(client, value):
+    pixels = [0] * 784
+    r = client.post("/v1/predict", json={"pixels": pixels, "min_confidence": value})
+    assert r.status_code == 422 and r.json()["field"] == "min_confidence", r.text
+    if not isinstance(value, list | bool):
+        r = client.post("/v1/predict", json={"pixels": pixels}, params={"min_confidence": str(value)})
+        assert r.status_code == 422 and r.json()["field"] == "min_confidence", r.text
+    r = client.post("/v1/predict", json={"pixels": pixels, "min_confidence": 0.5}, params={"min_confidence": "0.5"})
+    assert r.status_code == 422 and "sent twice" in r.json()["detail"]
+
+
 def test_values_in_0_1_and_an_explicit_scale(client, exported_run, mnist):
     clf = load_model(exported_run, runtime=client.app.state.service.settings.runtime)
     image = mnist.test_images[3].numpy()
@@ -389,6 +424,9 @@ def test_openapi_docs_and_the_page(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
+    assert set(body["multipart/form-data"]["schema"]["properties"]) == {"image", "min_confidence"}
+    answer = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert {"label", "confidence", "uncertain", "not_a_digit", "min_confidence"} <= set(answer)
     assert {"413", "415", "422", "503"} <= set(spec["paths"]["/v1/predict"]["post"]["responses"])
     assert {"/healthz", "/readyz", "/v1/model", "/v1/read"} <= set(spec["paths"])
     read = spec["paths"]["/v1/read"]["post"]

@@ -15,7 +15,7 @@ from .runtime import PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
-# /v1/read, `confident: false` in /v1/predict. One value for the CLI, the library and the service.
+# /v1/read, `uncertain` and `not_a_digit` in /v1/predict. One value for the CLI, the library and the service.
 DEFAULT_MIN_CONFIDENCE = 0.5
 
 

@@ -21,3 +21,38 @@ class ModelFolderError(MnistCnnError):
     """A saved model folder is missing files or holds something this version cannot load."""
 
     exit_code = 2
+
+
+class ImageError(MnistCnnError):
+    """Input that is not an image this tool can read (missing, corrupt, hostile, unsupported)."""
+
+
+class NotAnImageError(ImageError):
+    """The data is not an image Pillow can read."""
+
+
+class FormatNotAcceptedError(NotAnImageError):
+    """An image in a format outside :attr:`mnist_cnn.preprocess.ImageLimits.formats` (the service accepts a few)."""
+
+    def __init__(self, name: str, format: str | None, accepted):
+        self.format, self.accepted = format or "?", sorted(accepted)
+        super().__init__(f"{name}: image format {self.format} is not accepted; use one of: {', '.join(self.accepted)}")
+
+
+class TooManyPixelsError(ImageError):
+    """More pixels than :attr:`mnist_cnn.preprocess.ImageLimits.max_pixels`, refused from the header before decoding.
+
+    ``width`` and ``height`` are None when Pillow's own decompression-bomb check refused the file first.
+    """
+
+    def __init__(self, message: str, limit: int, width: int | None = None, height: int | None = None):
+        super().__init__(message)
+        self.limit, self.width, self.height = limit, width, height
+
+
+class NoDigitError(ImageError):
+    """The image was read, but holds no ink: nothing to classify (the answer is "no digit found")."""
+
+
+class TooManyMarksError(NoDigitError):
+    """So many separate marks that the image does not look like a number (``mnist_cnn.reading.MAX_DIGITS``)."""

@@ -209,13 +209,20 @@ RUNTIMES = ("torch", "onnxruntime")
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str = "torch", *, tta: bool = False
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    runtime: str = "torch",
+    *,
+    tta: bool = False,
+    threads: int | None = None,
 ):
     """Load a model folder written by ``mnist-cnn train``, ``mnist-cnn ensemble`` or :func:`save_model`.
 
     ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
     ``runtime="onnxruntime"`` predicts with the folder's ``model.onnx`` (see :mod:`mnist_cnn.export`)
     through ONNX Runtime on the CPU instead; the returned object has the same predict methods.
+    ``threads`` is ONNX Runtime's threads per forward pass (None: its own choice); PyTorch's are
+    set for the whole process (``torch.set_num_threads``).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
@@ -226,7 +233,7 @@ def load_model(
             raise ValueError("test-time augmentation (--tta) needs the torch runtime")
         from .export import OnnxClassifier
 
-        return OnnxClassifier(folder, config)
+        return OnnxClassifier(folder, config, threads=threads)
     if config["architecture"] == "ensemble":
         from .ensemble import load_ensemble
 

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from .errors import MnistCnnError
+from .errors import FormatNotAcceptedError, ImageError, NoDigitError, NotAnImageError, TooManyPixelsError
 
 # Our own limits, far below Pillow's decompression-bomb threshold (89 Mpx warning, 179 Mpx error):
 # a 48-megapixel phone photo passes, a 20000x20000 "image" is refused from its header.
@@ -47,12 +47,15 @@ MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
 
-class ImageError(MnistCnnError):
-    """Input that is not an image this tool can read (missing, corrupt, hostile, unsupported)."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """What :func:`decode_image` accepts. The defaults suit files a user names; the service passes its own."""
+
+    max_pixels: int = MAX_PIXELS  # width x height, checked from the header before anything is decoded
+    formats: frozenset[str] | None = None  # Pillow's format names (PNG, JPEG, ...) accepted; None: any it reads
 
 
-class NoDigitError(ImageError):
-    """The image was read, but holds no ink: nothing to classify (the answer is "no digit found")."""
+LIMITS = ImageLimits()
 
 
 @dataclass
@@ -162,9 +165,16 @@ def _grey_from_pil(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
-def _grey_from_array(arr: np.ndarray, name: str) -> np.ndarray:
+def _check_size(width: int, height: int, name: str, limit: int, when: str = "") -> None:
+    if width * height > limit:
+        message = f"{name}: too many pixels: {width}x{height} is more than the limit of {limit:,}{when}"
+        raise TooManyPixelsError(message, limit, width, height)
+
+
+def _grey_from_array(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        _check_size(arr.shape[1], arr.shape[0], name, max_pixels)
         mode = "RGBA" if arr.shape[-1] == 4 else "RGB"
         if arr.dtype != np.uint8:
             arr = np.clip(arr * (255 if arr.dtype.kind == "f" else 1), 0, 255).astype(np.uint8)
@@ -173,10 +183,7 @@ def _grey_from_array(arr: np.ndarray, name: str) -> np.ndarray:
         arr = arr[0]
     if arr.ndim != 2 or min(arr.shape) < 1:
         raise ImageError(f"{name}: an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
-    if arr.size > MAX_PIXELS:
-        raise ImageError(
-            f"{name}: too many pixels: {arr.shape[1]}x{arr.shape[0]} is more than the limit of {MAX_PIXELS:,}"
-        )
+    _check_size(arr.shape[1], arr.shape[0], name, max_pixels)
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if arr.dtype.kind in "ui":
@@ -201,17 +208,26 @@ def _reduce(grey: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return np.asarray(small, dtype=np.float32), scale
 
 
-def decode_image(source, *, work_side: int = WORK_SIDE) -> tuple[np.ndarray, PreprocessRecord]:
+def _check_header(img: Image.Image, name: str, limits: ImageLimits) -> None:
+    if limits.formats is not None and img.format not in limits.formats:
+        raise FormatNotAcceptedError(name, img.format, limits.formats)
+    _check_size(img.width, img.height, name, limits.max_pixels, " (refused before decoding)")
+
+
+def decode_image(
+    source, *, work_side: int = WORK_SIDE, limits: ImageLimits = LIMITS
+) -> tuple[np.ndarray, PreprocessRecord]:
     """Decode ``source`` into a float32 greyscale array in 0-1, at most ``work_side`` px on its longer side.
 
     ``source`` is a path, bytes, a binary file object, a ``PIL.Image`` or a numpy array. Bad input
-    raises :class:`ImageError` with a message naming it; nothing is decoded before the pixel count
-    in the header has been checked.
+    raises :class:`ImageError` with a message naming it (the subclasses :class:`NotAnImageError`,
+    :class:`FormatNotAcceptedError` and :class:`TooManyPixelsError` tell the cases apart); nothing
+    is decoded before the header has been checked against ``limits``.
     """
     name = _describe(source)
     record = PreprocessRecord(source=name)
     if isinstance(source, np.ndarray):
-        grey = _grey_from_array(source, name)
+        grey = _grey_from_array(source, name, limits.max_pixels)
         record.size, record.mode = (grey.shape[1], grey.shape[0]), f"array {source.dtype}"
     else:
         try:
@@ -219,11 +235,7 @@ def decode_image(source, *, work_side: int = WORK_SIDE) -> tuple[np.ndarray, Pre
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = source if isinstance(source, Image.Image) else _open(source, name)
                 record.format, record.mode, record.size = img.format, img.mode, img.size
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{name}: too many pixels: {img.width}x{img.height} is more than the limit of "
-                        f"{MAX_PIXELS:,} (refused before decoding)"
-                    )
+                _check_header(img, name, limits)
                 if getattr(img, "is_animated", False):
                     record.frames = "first of an animation"  # only frame 0 is ever decoded
                 if img.format == "JPEG" and max(img.size) > 2 * work_side:
@@ -237,9 +249,11 @@ def decode_image(source, *, work_side: int = WORK_SIDE) -> tuple[np.ndarray, Pre
         except ImageError:
             raise
         except UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
+            raise NotAnImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"{name}: too many pixels, refused before decoding ({exc})") from None
+            raise TooManyPixelsError(
+                f"{name}: too many pixels, refused before decoding ({exc})", limits.max_pixels
+            ) from None
         except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError) as exc:
             # truncated or corrupt data inside a valid header
             raise ImageError(f"{name}: cannot decode image ({exc})") from None
@@ -405,14 +419,14 @@ def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tu
     return np.round(frame * 255).astype(np.uint8)
 
 
-def preprocess_image(source, *, work_side: int = WORK_SIDE) -> Preprocessed:
+def preprocess_image(source, *, work_side: int = WORK_SIDE, limits: ImageLimits = LIMITS) -> Preprocessed:
     """Turn one image of one digit into MNIST format: :class:`Preprocessed` (array (28, 28) uint8, record).
 
     ``source``: a path, bytes, a binary file object, a ``PIL.Image``, or a numpy array (H, W) /
-    (H, W, 3|4). Raises :class:`ImageError` for input that is not a readable image and
-    :class:`NoDigitError` (a subclass) for an image with no ink.
+    (H, W, 3|4). Raises :class:`ImageError` for input that is not a readable image (or is outside
+    ``limits``) and :class:`NoDigitError` (a subclass) for an image with no ink.
     """
-    grey, record = decode_image(source, work_side=work_side)
+    grey, record = decode_image(source, work_side=work_side, limits=limits)
     ink = ink_map(grey, record)
     ink = drop_specks(ink, record)
     return Preprocessed(to_frame(ink, record), record)

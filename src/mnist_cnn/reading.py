@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import DEFAULT_MIN_CONFIDENCE
-from .preprocess import WORK_SIDE, NoDigitError, PreprocessRecord, decode_image, ink_map
+from .preprocess import LIMITS, WORK_SIDE, ImageLimits, NoDigitError, PreprocessRecord, decode_image, ink_map
 from .segmentation import MAX_DIGITS, SEGMENT, SegmentParams, segment
 
 if TYPE_CHECKING:
@@ -80,17 +80,23 @@ class Reading:
 
 
 def read_digits(
-    clf: Classifier, image, *, min_confidence: float = DEFAULT_MIN_CONFIDENCE, work_side: int = WORK_SIDE
+    clf: Classifier,
+    image,
+    *,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    work_side: int = WORK_SIDE,
+    limits: ImageLimits = LIMITS,
 ) -> Reading:
     """Read every digit in ``image`` (path, bytes, file object, PIL image or array): a :class:`Reading`.
 
     Digits whose probability is below ``min_confidence`` are marked uncertain and shown as "?" in
     the text. An image with no ink gives a Reading with ``found == False`` and empty text; input
-    that is not a readable image raises :class:`mnist_cnn.preprocess.ImageError`.
+    that is not a readable image (or is outside ``limits``) raises :class:`mnist_cnn.preprocess.ImageError`,
+    and one with more separate marks than :data:`MAX_DIGITS` raises :class:`mnist_cnn.errors.TooManyMarksError`.
     """
     if not 0 <= min_confidence <= 1:
         raise ValueError(f"min_confidence must be between 0 and 1, got {min_confidence}")
-    grey, record = decode_image(image, work_side=work_side)
+    grey, record = decode_image(image, work_side=work_side, limits=limits)
     try:
         ink = ink_map(grey, record)
     except NoDigitError:

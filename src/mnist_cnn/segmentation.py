@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .errors import TooManyMarksError
 from .preprocess import NoDigitError, PreprocessRecord, components, to_frame
 
 if TYPE_CHECKING:
@@ -455,7 +456,7 @@ def segment(
     if not pieces:
         return []
     if len(pieces) > MAX_DIGITS:
-        raise NoDigitError(
+        raise TooManyMarksError(
             f"{record.source}: {len(pieces)} separate marks found; this does not look like a number "
             f"(at most {MAX_DIGITS} digits are read)"
         )

@@ -12,6 +12,7 @@
   const seen = document.getElementById("seen");
   const seenCtx = seen.getContext("2d");
   const fileInput = document.getElementById("file");
+  const resultEl = document.getElementById("result");
 
   const BRUSH = 0.085; // brush diameter as a fraction of the canvas side: MNIST strokes are 2-3 of 28 px
   const DEBOUNCE_MS = 120; // while drawing, predict at most this often
@@ -23,6 +24,12 @@
   let timer = null;
   let sequence = 0; // responses that arrive out of order are dropped
   let shown = 0;
+  let pending = 0; // answers still to come: the result is aria-busy until the last one is on screen
+
+  function busy(delta) {
+    pending += delta;
+    resultEl.setAttribute("aria-busy", String(pending > 0));
+  }
 
   // ---------------------------------------------------------------- bars
   const bars = [];
@@ -75,8 +82,11 @@
   function showResult(result, source) {
     predictionEl.textContent = String(result.label);
     confidenceEl.textContent = `${(result.confidence * 100).toFixed(1)}%`;
-    if (result.confident) setStatus(`${source}: it is a ${result.label}`, "sure");
-    else setStatus(`${source}: not sure (maybe a ${result.label})`, "unsure");
+    // Below the service's min_confidence the model is not sure it sees a digit at all (a dot, an X, a
+    // letter): say so, and still show its best guess.
+    const guess = `best guess ${result.label}, ${Math.round(result.confidence * 100)}%`;
+    if (result.not_a_digit) setStatus(`${source}: not sure — is this a digit? (${guess})`, "unsure");
+    else setStatus(`${source}: it is a ${result.label}`, "sure");
     showProbabilities(result.probabilities);
     showSeen(result.input);
   }
@@ -195,6 +205,7 @@
     const id = ++sequence;
     const form = new FormData();
     form.append("image", blob, filename);
+    busy(+1);
     try {
       const response = await fetch("/v1/predict", { method: "POST", body: form });
       const body = await response.json();
@@ -208,6 +219,8 @@
       showResult(body, source);
     } catch (err) {
       if (id >= shown) setStatus(`cannot reach the service (${err.message})`, "error");
+    } finally {
+      busy(-1);
     }
   }
 
@@ -222,7 +235,11 @@
     out.width = out.height = EXPORT_SIDE;
     const c = out.getContext("2d");
     render(c, EXPORT_SIDE);
-    out.toBlob((blob) => blob && send(blob, "drawing.png", "drawing"), "image/png");
+    busy(+1); // from now, not once the PNG is made: no moment looks idle before the answer
+    out.toBlob((blob) => {
+      if (blob) send(blob, "drawing.png", "drawing");
+      busy(-1);
+    }, "image/png");
   }
 
   fileInput.addEventListener("change", async () => {

@@ -1,0 +1,70 @@
+"""The app factory, and running the app on uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+
+from .. import __version__
+from .errors import ApiError, error_response
+from .guard import BodyTooLarge, Guard, too_large
+from .page import page_router
+from .routes import router
+from .service import Service
+from .settings import Settings
+
+DESCRIPTION = (
+    "Handwritten digit recognition. `POST /v1/predict` with an image or 784 pixel values for one "
+    "digit; `POST /v1/read` with an image of a number (several digits, one or more lines) for the string, "
+    "each digit's box, label and confidence."
+)
+
+
+def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app serving the model folder ``model_dir`` (loaded in the lifespan, in a thread).
+
+    A missing or broken folder raises here; a model that fails to load keeps ``/readyz`` at 503 with the reason.
+    """
+    settings = settings or Settings()
+    service = Service(Path(model_dir), settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(service.start())
+        yield
+        await loading
+        await service.stop()  # uvicorn has let in-flight requests finish before this runs
+
+    app = FastAPI(title="mnist-cnn", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return error_response(exc)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge):
+        return error_response(too_large(settings.max_body_bytes))
+
+    app.include_router(router)
+    app.include_router(page_router())
+    app.add_middleware(Guard, settings=settings)
+    return app
+
+
+def run(model_dir: str | os.PathLike, settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+        graceful_timeout: float = 10.0) -> None:  # fmt: skip
+    """Serve on uvicorn (httptools parser, uvloop where installed) until SIGINT/SIGTERM; in-flight requests finish."""
+    import uvicorn
+
+    app = create_app(model_dir, settings)
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, access_log=False, server_header=False,
+        http="httptools", loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        timeout_graceful_shutdown=graceful_timeout, lifespan="on",
+    )  # fmt: skip

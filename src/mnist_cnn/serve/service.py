@@ -1,0 +1,166 @@
+"""The model behind the service: loaded and warmed up in the lifespan, its batcher, and what it reports.
+
+The one place in the service that loads a model folder (through the library's own loader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..config import ServeSettings as Settings
+from ..inference import load_model, read_config
+from .batcher import MicroBatcher, QueueFull
+from .errors import busy
+from .uploads import read_upload
+
+log = logging.getLogger("mnist_cnn.serve")
+
+
+class Service:
+    """The loaded model, its batcher and what /readyz and /v1/model report."""
+
+    def __init__(self, model_dir: Path, settings: Settings):
+        self.model_dir, self.settings = model_dir, settings
+        self.config = read_config(model_dir)  # a missing or broken folder fails here, before serving
+        self.classifier = None
+        self.batcher: MicroBatcher | None = None
+        self.error: str | None = None
+        self.started = time.time()
+        self.parameters: int | None = None
+        self.reads = 0  # /v1/read requests being computed now (they bypass the batcher)
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None
+
+    def _load(self):
+        import torch
+
+        torch.set_num_threads(self.settings.threads)
+        clf = load_model(self.model_dir, runtime=self.settings.runtime, threads=self.settings.threads)
+        self.parameters = _count_parameters(clf, self.model_dir)
+        # Warm-up: the first calls at each batch size allocate and pick kernels.
+        for n in (1, 2, 8, self.settings.max_batch):
+            clf.predict_proba(np.zeros((n, 28, 28), np.float32))
+        return clf
+
+    async def start(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            self.classifier = await asyncio.to_thread(self._load)
+        except Exception as exc:  # reported by /readyz; the process stays up for /healthz
+            self.error = str(exc)
+            log.error("model %s could not be loaded: %s", self.model_dir, exc)
+            return
+        s = self.settings
+        batcher = MicroBatcher(self.classifier.predict_proba, s.max_batch, s.max_queue, s.batch_wait_ms / 1000)
+        batcher.start()
+        self.batcher = batcher
+        log.info("model %s ready (%s, %s runtime) in %.2f s", self.model_dir, self.config["architecture"],
+                 s.runtime, time.perf_counter() - t0)  # fmt: skip
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    def _check_ready(self) -> None:
+        if self.batcher is None:
+            why = "the model is still loading" if self.error is None else f"the model could not be loaded: {self.error}"
+            raise busy(self.settings.retry_after_s, why)
+
+    async def predict(self, image: np.ndarray, min_confidence: float) -> dict:
+        """The answer of /v1/predict for one (28, 28) float32 image in 0-1, computed in the next batch."""
+        self._check_ready()
+        try:
+            probs = await self.batcher.submit(image)
+        except QueueFull:
+            raise busy(self.settings.retry_after_s) from None
+        return prediction(probs, image, min_confidence)
+
+    async def read(self, data: bytes, min_confidence: float) -> dict:
+        """Read every digit in an uploaded image (segmentation and its forward passes in a worker thread)."""
+        self._check_ready()
+        if self.reads >= self.settings.max_queue:
+            raise busy(self.settings.retry_after_s)
+        self.reads += 1
+        try:
+            return await run_in_threadpool(read_upload, data, self.settings, self.classifier, min_confidence)
+        finally:
+            self.reads -= 1
+
+    def describe(self) -> dict:
+        """What /v1/model answers: the model folder's config, the versions, the limits and the batching counters."""
+        c, s = self.config, self.settings
+        versions = {**c.get("versions", {}), "serving": {"mnist_cnn": __version__, "runtime": _runtime_version(s.runtime)}}  # fmt: skip
+        info = {
+            "architecture": c["architecture"],
+            "parameters": self.parameters,
+            "model_kwargs": c.get("model_kwargs", {}),
+            "recipe": c.get("recipe"),
+            "labels": c.get("labels"),
+            "input_shape": c.get("input_shape", [1, 28, 28]),
+            "normalization": c.get("normalization"),
+            "metrics": c.get("metrics", {}),
+            "runtime": s.runtime,
+            "onnx": c.get("onnx"),
+            "versions": versions,
+            "format_version": c.get("format_version"),
+            "min_confidence": s.min_confidence,
+            "limits": {
+                "max_body_bytes": s.max_body_bytes,
+                "max_image_pixels": s.max_image_pixels,
+                "image_formats": sorted(s.formats),
+                "max_queue": s.max_queue,
+            },
+        }
+        if self.batcher is not None:
+            info["batches"] = {"forward_passes": self.batcher.batches, "images": self.batcher.images}
+        return info
+
+
+def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float) -> dict:
+    """The JSON of one answer of /v1/predict: the best guess is always given; below ``min_confidence`` it is flagged.
+
+    ``not_a_digit`` is the service's reject answer ("not sure -- is this a digit?"): today the same test
+    as ``uncertain``, since a not-digit shows up as a digit the model is not sure of.
+    """
+    label = int(probs.argmax())
+    confidence = float(probs[label])
+    unsure = confidence < min_confidence
+    return {
+        "label": label,
+        "confidence": confidence,
+        "confident": not unsure,
+        "uncertain": unsure,
+        "not_a_digit": unsure,
+        "min_confidence": min_confidence,
+        "probabilities": probs,
+        "input": np.rint(image * 255).astype(np.uint8),
+    }
+
+
+def _count_parameters(classifier, model_dir: Path) -> int:
+    """The network's parameter count; ONNX Runtime holds no torch module, so the folder's weights are loaded for it."""
+    from ..models import count_parameters
+
+    model = getattr(classifier, "model", None)
+    if model is None:
+        model = load_model(model_dir).model
+    return count_parameters(model)
+
+
+def _runtime_version(runtime: str) -> str:
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    import torch
+
+    return f"torch {torch.__version__}"

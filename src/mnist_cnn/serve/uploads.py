@@ -1,0 +1,76 @@
+"""Uploaded image files: decoded by the package's own preprocessing, within the service's limits.
+
+:func:`mnist_cnn.preprocess.decode_image` checks the format and the pixel count from the header
+(one limit, the service's) and raises typed errors; here each type becomes its HTTP answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from ..config import ServeSettings as Settings
+from ..errors import (
+    FormatNotAcceptedError,
+    ImageError,
+    NoDigitError,
+    NotAnImageError,
+    TooManyMarksError,
+    TooManyPixelsError,
+)
+from ..preprocess import ImageLimits, preprocess_image
+from ..reading import read_digits
+from .errors import ApiError
+
+FIELD = "image"  # the multipart field, and the name error messages give the upload
+
+
+def limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(max_pixels=settings.max_image_pixels, formats=frozenset(settings.formats))
+
+
+def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
+    """An uploaded image file of one digit as a (28, 28) float32 image in 0-1, through the package's preprocessing."""
+    with _as_api_errors():
+        image = preprocess_image(_named(data), limits=limits(settings)).array
+    return image.astype(np.float32) / np.float32(255)
+
+
+def read_upload(data: bytes, settings: Settings, classifier, min_confidence: float) -> dict:
+    """Every digit in an uploaded image, through :func:`mnist_cnn.reading.read_digits`: the JSON body of /v1/read."""
+    with _as_api_errors():
+        reading = read_digits(classifier, _named(data), min_confidence=min_confidence, limits=limits(settings))
+    body = {**reading.to_dict(), "min_confidence": min_confidence}
+    if not reading.found:
+        body["detail"] = "no digit found in the image"
+    return body
+
+
+def _named(data: bytes) -> io.BytesIO:
+    """The upload as a file object named after its field, so that the preprocessing's messages say 'image: ...'."""
+    file = io.BytesIO(data)
+    file.name = FIELD
+    return file
+
+
+@contextlib.contextmanager
+def _as_api_errors():
+    """Every error of the preprocessing becomes an ApiError: 415 for a format outside the allow-list or not an
+    image at all, 413 for too many pixels, 422 for an empty, truncated or corrupt file, or one without a digit."""
+    try:
+        yield
+    except FormatNotAcceptedError as exc:
+        raise ApiError(415, f"image format {exc.format} is not accepted; send one of: {', '.join(exc.accepted)}", FIELD) from None  # fmt: skip
+    except NotAnImageError:
+        raise ApiError(415, "image is not an image file Pillow can read", FIELD) from None
+    except TooManyPixelsError as exc:
+        size = "has too many pixels" if exc.width is None else f"is {exc.width}x{exc.height} pixels"
+        raise ApiError(413, f"image {size}, more than the limit of {exc.limit:,}", FIELD) from None
+    except TooManyMarksError as exc:  # /v1/read: far more marks than a number has
+        raise ApiError(422, str(exc), FIELD) from None
+    except NoDigitError:  # a blank page: say so rather than guess
+        raise ApiError(422, "image: no digit found (no ink stands out from the background)", FIELD) from None
+    except ImageError as exc:  # empty, truncated or corrupt data
+        raise ApiError(422, f"image cannot be decoded: {str(exc).removeprefix(f'{FIELD}: ')}", FIELD) from None
