@@ -109,7 +109,7 @@ def _add_verbosity_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 def _add_model_and_images(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, nargs="?", default=None,
-                   help="run (model) folder (default: the model that ships with mnist-cnn)")  # fmt: skip
+                   help="run (model) folder, when the first argument is one (default: the model that ships with mnist-cnn)")  # fmt: skip
     p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
 
 
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common], help="serve a saved model over HTTP: REST API and drawing page")
     p.add_argument("run", type=Path, nargs="?", default=None,
-                   help="run (model) folder (default: the model that ships with mnist-cnn)")  # fmt: skip
+                   help="run (model) folder (default: the model that ships with mnist-cnn, served on torch when it ships without model.onnx and --runtime is not given)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--graceful-timeout", type=float, default=10.0,
