@@ -1,4 +1,5 @@
-# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests.
+# Two commands: `make run` trains and reports on the default recipe; `make test` runs the tests
+# (and `make default-model RUN=...` makes the model that ships with the package).
 # Each creates the virtual environment it needs. torch is pinned to the CPU build first, so
 # nothing later pulls a newer (CUDA, several GB) build.
 
@@ -17,7 +18,7 @@ ifeq ($(MNIST_CNN_DATA),)
   endif
 endif
 
-.PHONY: run test install browser clean
+.PHONY: run test install browser clean default-model
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,13 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/mnist-cnn train --recipe $(RECIPE) $(ARGS)
+
+# The model that ships inside the package (src/mnist_cnn/pretrained/), from a finished run:
+# `make default-model RUN=runs/NAME`. Commit the three files it writes and paste the row it prints
+# into README.md's default-model table (tests/test_default_model.py checks both).
+default-model: install
+	@test -n "$(RUN)" || { echo "usage: make default-model RUN=runs/NAME (a finished training run)" >&2; exit 2; }
+	$(BIN)/python -m mnist_cnn.default_model $(RUN)
 
 # The browser test drives Debian's chromium (Playwright's own browser download does not work on
 # machines without internet); install it when missing, as root (CI) or through sudo.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_cnn.config import DEFAULT_MIN_CONFIDENCE
 from test_cli import cli
 
 
@@ -65,6 +66,37 @@ def test_predict_a_folder_as_csv_and_jsonl(images, trained_run, tmp_path):
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [line["file"] for line in lines] == [*truth, str(root / "digits" / "blank.png")]
     assert lines[-1]["label"] is None and lines[-1]["no_digit"] is True
+
+
+def test_predict_says_not_sure_below_min_confidence_and_still_guesses(images, trained_run):
+    root, truth, _ = images
+    run, blank = trained_run[0].run_dir, root / "digits" / "blank.png"
+    r = cli("predict", run, *truth, blank, "--json")  # the default level, the same as read's
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    for row in rows[:-1]:
+        assert row["uncertain"] is row["not_a_digit"] is (row["probability"] < DEFAULT_MIN_CONFIDENCE)
+    assert rows[-1]["not_a_digit"] is True and rows[-1]["uncertain"] is None and rows[-1]["label"] is None
+
+    sure = [row["probability"] for row in rows[:-1]]
+    assert max(sure) - min(sure) > 1e-5, sure  # calibrated probabilities of four photographed digits differ
+    level = (min(sure) + max(sure)) / 2  # the least sure digit is flagged, the surest is not
+    unsure = {row["file"]: row for row in rows[:-1] if row["probability"] < level}
+    r = cli("predict", run, *truth, "--min-confidence", repr(level))
+    assert r.returncode == 0, r.stderr
+    for line, path in zip(r.stdout.splitlines(), truth, strict=True):
+        if path in unsure:  # the best guess is still given
+            row = unsure[path]
+            assert line == f"{path}: not sure — is this a digit? best guess {row['label']} (p={row['probability']:.3f})"
+        else:
+            assert line.startswith(f"{path}: ") and "not sure" not in line
+    r = cli("predict", run, *truth, "--min-confidence", repr(level), "--format", "csv")
+    flagged = {row["file"]: row for row in csv.DictReader(r.stdout.splitlines())}
+    assert {p for p, row in flagged.items() if row["uncertain"] == "True" == row["not_a_digit"]} == set(unsure)
+    assert all(row["label"] != "" for row in flagged.values())
+
+    r = cli("predict", run, *truth, "--min-confidence", "1.5")
+    assert r.returncode == 2 and "between 0 and 1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_read_a_number(images, trained_run):

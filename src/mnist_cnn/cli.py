@@ -108,6 +108,43 @@ def _add_verbosity_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="only warnings and errors (default: off)")  # fmt: skip
 
 
+def _add_model_and_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, nargs="?", default=None,
+                   help="run (model) folder, when the first argument is one (default: the model that ships with mnist-cnn)")  # fmt: skip
+    p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
+
+
+def _is_model_folder(path: Path) -> bool:
+    from .inference import CONFIG
+
+    return (path / CONFIG).is_file()
+
+
+def _choose_model(args) -> None:
+    """RUN is optional: the first argument is the model folder when it is one; else the images start
+    there and the default model reads them (said on standard error, as -q allows)."""
+    from .default_model import describe
+    from .inference import default_model_dir, read_config
+
+    if args.run is not None and not _is_model_folder(args.run):
+        args.run, args.images = None, [args.run, *args.images]
+    if args.run is None:
+        if len(args.images) == 1 and _is_model_folder(args.images[0]):
+            raise ValueError(f"{args.images[0]} is a model folder: name the images to read after it")
+        args.run = default_model_dir()
+        log.info("using the default model %s", describe(read_config(args.run)))
+
+
+def _add_min_confidence_flag(p: argparse.ArgumentParser, below: str) -> None:
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE, metavar="P",
+                   help=f"below this probability {below} (default: {DEFAULT_MIN_CONFIDENCE})")  # fmt: skip
+
+
+def _check_min_confidence(args) -> None:
+    if not 0 <= args.min_confidence <= 1:
+        raise ValueError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+
+
 def _add_batch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["text", "csv", "jsonl"], default=None,
                    help="output: readable lines, CSV, or JSON Lines (default: text)")  # fmt: skip
@@ -181,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(p)
 
     p = sub.add_parser("predict", parents=[common], help="predict the digit in image files or folders (PNG, JPEG, ...)")
-    p.add_argument("run", type=Path, help="run (model) folder")
-    p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
+    _add_model_and_images(p)
+    _add_min_confidence_flag(p, "the answer is 'not sure — is this a digit?' (best guess still shown)")
     _add_batch_flags(p)
     _add_tta_flag(p)
     _add_runtime_flags(p)
@@ -199,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
 
     p = sub.add_parser("serve", parents=[common], help="serve a saved model over HTTP: REST API and drawing page")
-    p.add_argument("run", type=Path, help="run (model) folder")
+    p.add_argument("run", type=Path, nargs="?", default=None,
+                   help="run (model) folder (default: the model that ships with mnist-cnn, served on torch when it ships without model.onnx and --runtime is not given)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--graceful-timeout", type=float, default=10.0,
@@ -209,10 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "read", parents=[common], help="read the number(s) in images: every digit, left to right, line by line"
     )
-    p.add_argument("run", type=Path, help="run (model) folder")
-    p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
-    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
-                   help=f"digits less probable than this are shown as '?' (default: {DEFAULT_MIN_CONFIDENCE})")  # fmt: skip
+    _add_model_and_images(p)
+    _add_min_confidence_flag(p, "digits are shown as '?'")
     _add_batch_flags(p)
     _add_tta_flag(p)
     _add_runtime_flags(p)
@@ -519,6 +555,7 @@ def _classifier(args):
     from .inference import load_model
     from .runtime import configure_threads
 
+    _choose_model(args)
     configure_threads(args.threads)
     return load_model(
         args.run,
@@ -529,32 +566,38 @@ def _classifier(args):
 
 
 def cmd_predict(args) -> int:
+    """One digit per image. ``uncertain``: the best guess is below --min-confidence; ``not_a_digit``: the
+    answer to "is this a digit?" is no (no ink found) or not sure (uncertain). A guess is always shown."""
     import numpy as np
 
     from .preprocess import NoDigitError, preprocess_image
 
+    _check_min_confidence(args)
     clf = _classifier(args)
 
     def handle(path):
         try:
             image = preprocess_image(path).array
         except NoDigitError:
-            return {"file": str(path), "label": None, "no_digit": True}, f"{path}: no digit found"
+            row = {"file": str(path), "label": None, "uncertain": None, "not_a_digit": True, "no_digit": True}
+            return row, f"{path}: no digit found"
         probs = clf.predict_proba(image)[0]
         label = int(np.argmax(probs))
+        uncertain = bool(probs[label] < args.min_confidence)
         row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
-               "probabilities": [round(float(p), 6) for p in probs]}  # fmt: skip
-        return row, f"{path}: {clf.labels[label]} (p={probs[label]:.3f})"
+               "probabilities": [round(float(p), 6) for p in probs], "uncertain": uncertain, "not_a_digit": uncertain}  # fmt: skip
+        guess = f"{clf.labels[label]} (p={probs[label]:.3f})"
+        return row, f"{path}: not sure — is this a digit? best guess {guess}" if uncertain else f"{path}: {guess}"
 
-    columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "no_digit", "error"]
+    columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "uncertain", "not_a_digit", "no_digit",
+               "error"]  # fmt: skip
     return _batch(args, columns, handle)
 
 
 def cmd_read(args) -> int:
     from .reading import read_digits
 
-    if not 0 <= args.min_confidence <= 1:
-        raise ValueError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    _check_min_confidence(args)
     clf = _classifier(args)
 
     def handle(path):
@@ -608,14 +651,23 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .inference import load_model
+    from .default_model import describe
+    from .export import ONNX_FILE
+    from .inference import default_model_dir, load_model, read_config
     from .serve import run, settings_from
 
+    what = args.run
+    if args.run is None:
+        args.run = default_model_dir()
+        what = f"the default model {describe(read_config(args.run))}"
+        if args.runtime is None and not (args.run / ONNX_FILE).is_file():
+            args.runtime = "torch"  # it ships without model.onnx; `mnist-cnn export` a copy for onnxruntime
     settings = settings_from(vars(args))
     load_model(args.run, runtime=settings.runtime)  # a clear error now rather than a server that never gets ready
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535; got {args.port}")
-    print(f"serving {args.run} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
+    print(f"serving {what} ({settings.runtime} runtime) on http://{args.host}:{args.port}/ (API docs at /docs); "
+          "Ctrl-C stops", file=sys.stderr)  # fmt: skip
     run(args.run, settings, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
     return 0
 

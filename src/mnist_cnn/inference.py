@@ -6,6 +6,7 @@ loader rebuilds the exact network:
 
 >>> import mnist_cnn, numpy as np
 >>> clf = mnist_cnn.load_model("runs/basic")            # doctest: +SKIP
+>>> clf = mnist_cnn.load_model()                        # the model that ships with the package  # doctest: +SKIP
 >>> clf.predict(np.zeros((28, 28), dtype=np.uint8))     # doctest: +SKIP
 array([5])
 """
@@ -187,6 +188,21 @@ def save_model(folder: str | os.PathLike, model: nn.Module, config: dict) -> Pat
     return folder
 
 
+# The model that ships inside the package (made by ``make default-model``: see mnist_cnn/default_model.py).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def default_model_dir() -> Path:
+    """The folder of the model that ships with the package; :class:`ModelFolderError` if this installation lacks it."""
+    missing = [name for name in (WEIGHTS, CONFIG) if not (DEFAULT_MODEL_DIR / name).is_file()]
+    if missing:
+        raise ModelFolderError(
+            f"the default model is missing from this installation ({DEFAULT_MODEL_DIR} has no {' and no '.join(missing)});"
+            " reinstall mnist-cnn (in a checkout: make default-model RUN=...), or name a model folder"
+        )
+    return DEFAULT_MODEL_DIR
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
@@ -209,14 +225,15 @@ RUNTIMES = ("torch", "onnxruntime")
 
 
 def load_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     runtime: str = "torch",
     *,
     tta: bool = False,
     threads: int | None = None,
 ):
-    """Load a model folder written by ``mnist-cnn train``, ``mnist-cnn ensemble`` or :func:`save_model`.
+    """Load a model folder written by ``mnist-cnn train``, ``mnist-cnn ensemble`` or :func:`save_model`;
+    with no ``path``, the model that ships with the package (:func:`default_model_dir`).
 
     ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
     ``runtime="onnxruntime"`` predicts with the folder's ``model.onnx`` (see :mod:`mnist_cnn.export`)
@@ -226,7 +243,7 @@ def load_model(
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-    folder = Path(path)
+    folder = default_model_dir() if path is None else Path(path)
     config = read_config(folder)
     if runtime == "onnxruntime":
         if tta:
