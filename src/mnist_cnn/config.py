@@ -58,6 +58,44 @@ class TrainConfig:
     aug_elastic: float = field(
         default=0.0, metadata=_help("augmentation: elastic distortion of up to this many pixels (0 = off)")
     )
+    aug_stroke: float = field(
+        default=0.0,
+        metadata=_help(
+            "augmentation: thicken or thin strokes by up to this many pixels (grey-scale dilation/erosion), for"
+            " pens from a fine liner to a marker that MNIST's writers did not use (0 = off)"
+        ),
+    )
+    aug_pencil: float = field(
+        default=0.0,
+        metadata=_help(
+            "augmentation: fade the ink by up to this fraction, with grain, as pencil and worn pens write (0 = off)"
+        ),
+    )
+    aug_blur: float = field(
+        default=0.0,
+        metadata=_help("augmentation: Gaussian blur of up to this many pixels, as out-of-focus photos give (0 = off)"),
+    )
+    aug_lowres: int = field(
+        default=0,
+        metadata=_help(
+            "augmentation: reduce the digit to a random side of this many pixels or more (4-27) and scale it"
+            " back up, as tiny scans and thumbnails give (0 = off)"
+        ),
+    )
+    aug_crop: float = field(
+        default=0.0,
+        metadata=_help(
+            "augmentation: cut up to this fraction of the digit off at one side and frame the rest again, as a"
+            " crop drawn too tight does (0 = off; above about 0.15 a 0 can become a C)"
+        ),
+    )
+    aug_corrupt_p: float = field(
+        default=0.5,
+        metadata=_help(
+            "chance that each of --aug-stroke/pencil/blur/lowres/crop hits a training image; the rest stay clean,"
+            " so clean digits are still learnt"
+        ),
+    )
     init: str = field(
         default="",
         metadata=_help(
@@ -135,7 +173,8 @@ class TrainConfig:
     def augmentation(self) -> Augmentation:
         return Augmentation(
             rotate=self.aug_rotate, scale=self.aug_scale, shear=self.aug_shear,
-            translate=self.aug_translate, elastic=self.aug_elastic,
+            translate=self.aug_translate, elastic=self.aug_elastic, stroke=self.aug_stroke, pencil=self.aug_pencil,
+            blur=self.aug_blur, lowres=self.aug_lowres, crop=self.aug_crop, corrupt_p=self.aug_corrupt_p,
         )  # fmt: skip
 
     def replace(self, **changes) -> TrainConfig:
