@@ -119,6 +119,15 @@ class TrainConfig:
             " from a digit; a quarter-batch of them joins every step (0 = off)"
         ),
     )
+    not_digits: int = field(
+        default=0,
+        metadata=_help(
+            "this many generated not-digits (dots, dashes, crosses, scribbles, smudges, letters, near-blank"
+            " pages; mnist_cnn.synthetic.not_digits) join the images --reject-weight teaches the model to be"
+            ' unsure of, so junk gets "not sure" instead of a confident digit (about 10 ms each, once,'
+            " before training; needs --reject-weight)"
+        ),
+    )
     channels_last: bool = field(
         default=True, metadata=_help("channels-last (NHWC) tensors: 1.2-1.4x faster training steps on CPU, measured")
     )
@@ -158,8 +167,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or min(self.weight_decay, self.limit, self.photo_digits, self.reject_weight) < 0:
-            raise ValueError("lr must be > 0, and weight_decay, limit, photo_digits and reject_weight must be >= 0")
+        if (
+            not self.lr > 0
+            or min(self.weight_decay, self.limit, self.photo_digits, self.reject_weight, self.not_digits) < 0
+        ):
+            raise ValueError(
+                "lr must be > 0, and weight_decay, limit, photo_digits, reject_weight and not_digits must be >= 0"
+            )
+        if self.not_digits > 0 and self.reject_weight <= 0:
+            raise ValueError("not_digits are only used by the reject loss: give reject_weight > 0 as well")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
             raise ValueError("warmup, label_smoothing and ema must each be in [0, 1)")
         _ = self.augmentation  # validates the ranges
