@@ -52,6 +52,20 @@ def test_reader_recipe_fine_tunes_a_best_run_and_says_so_without_one(tmp_path, c
     assert "fine-tunes a trained best run: pass --init RUN" in err and "Traceback" not in err
 
 
+def test_robust_recipe_fine_tunes_a_best_run_with_every_corruption_and_junk(tmp_path, capsys):
+    from mnist_cnn.cli import main
+
+    robust = RECIPES["robust"]
+    config = robust.config
+    assert robust.fine_tunes and config.model == "best"
+    aug = config.augmentation
+    assert min(aug.stroke, aug.pencil, aug.blur, aug.lowres, aug.crop, aug.rotate, aug.shear) > 0
+    assert config.not_digits > 0 and config.reject_weight > 0 and config.photo_digits > 0
+    assert main(["train", "--recipe", "robust", "--runs-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "pass --init RUN" in err and "Traceback" not in err
+
+
 def test_init_starts_from_a_trained_model_and_refuses_another_architecture(trained_run, mnist, tmp_path):
     from mnist_cnn.errors import ModelFolderError
 
