@@ -55,17 +55,18 @@ def corruptions(images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: (v[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy() for k, v in sets.items()}
 
 
-def other_writers() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits (8x8, 16 grey levels), upscaled to 64 px and preprocessed; unreadable ones get a blank frame."""
+def other_writers(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` of scikit-learn's digits (8x8, 16 grey levels), upscaled to 64 px and
+    preprocessed; unreadable ones get a blank frame (and count as wrong)."""
     digits = load_digits()
     frames = []
-    for img in digits.images:
+    for img in digits.images[:count]:
         big = Image.fromarray((img * 255 / 16).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
         try:
             frames.append(preprocess_image(np.asarray(big)).array)
         except NoDigitError:
             frames.append(np.zeros((28, 28), np.uint8))
-    return np.stack(frames), digits.target
+    return np.stack(frames), digits.target[:count]
 
 
 def measure(clf, sets: dict, junk: np.ndarray, min_confidence: float) -> dict:
@@ -86,6 +87,7 @@ def main() -> None:
     p.add_argument("--digits", type=int, default=2000, help="validation digits per corruption (default 2000)")
     p.add_argument("--photos", type=int, default=1000, help="validation digits photographed (default 1000)")
     p.add_argument("--not-digits", type=int, default=700, help="generated not-digits (default 700)")
+    p.add_argument("--writers", type=int, default=1797, help="scikit-learn digits (default: all 1797)")
     p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE)
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
@@ -96,7 +98,7 @@ def main() -> None:
     x, y = val_x[: args.digits], val_y[: args.digits]
     sets = {"validation": (val_x, val_y), **{k: (v, y) for k, v in corruptions(x).items()}}
     sets["photographed"] = (photographed(val_x[: args.photos], SEED), val_y[: args.photos])
-    sets["other writers"] = other_writers()
+    sets["other writers"] = other_writers(args.writers)
     junk = not_digits(args.not_digits, SEED)
     for run, clf in models.items():
         if validation_of(clf.config) != validation_of(next(iter(models.values())).config):
