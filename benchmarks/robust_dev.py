@@ -56,14 +56,16 @@ def corruptions(images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def other_writers(count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` of scikit-learn's digits (8x8, 16 grey levels), upscaled to 64 px and
-    preprocessed; unreadable ones get a blank frame (and count as wrong)."""
+    """The first ``count`` of scikit-learn's digits (8x8, 16 grey levels), upscaled to 64 px, put on a
+    page and preprocessed; unreadable ones get a blank frame (and count as wrong)."""
     digits = load_digits()
     frames = []
     for img in digits.images[:count]:
         big = Image.fromarray((img * 255 / 16).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+        page = np.zeros((128, 128), np.uint8)  # a margin of paper: these digits fill their 8x8 frame
+        page[32:96, 32:96] = np.asarray(big)
         try:
-            frames.append(preprocess_image(np.asarray(big)).array)
+            frames.append(preprocess_image(page).array)
         except NoDigitError:
             frames.append(np.zeros((28, 28), np.uint8))
     return np.stack(frames), digits.target[:count]
