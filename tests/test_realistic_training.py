@@ -6,7 +6,7 @@ import torch
 
 from mnist_cnn.config import RECIPES, TrainConfig
 from mnist_cnn.inference import Classifier
-from mnist_cnn.synthetic import digit_parts, photographed
+from mnist_cnn.synthetic import NOT_DIGIT_KINDS, digit_parts, not_digits, photographed, training_fonts
 from mnist_cnn.train import reject_tensor, train_run
 
 
@@ -53,6 +53,20 @@ def test_reader_recipe_fine_tunes_a_best_run_and_says_so_without_one(tmp_path, c
     assert "fine-tunes a trained best run: pass --init RUN" in err and "Traceback" not in err
 
 
+def test_robust_recipe_fine_tunes_a_best_run_with_every_corruption_and_junk(tmp_path, capsys):
+    from mnist_cnn.cli import main
+
+    robust = RECIPES["robust"]
+    config = robust.config
+    assert robust.fine_tunes and config.model == "best"
+    aug = config.augmentation
+    assert min(aug.stroke, aug.pencil, aug.blur, aug.lowres, aug.crop, aug.rotate, aug.shear) > 0
+    assert config.not_digits > 0 and config.reject_weight > 0 and config.photo_digits > 0
+    assert main(["train", "--recipe", "robust", "--runs-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "pass --init RUN" in err and "Traceback" not in err
+
+
 def test_init_starts_from_a_trained_model_and_refuses_another_architecture(trained_run, mnist, tmp_path):
     from mnist_cnn.errors import ModelFolderError
 
@@ -67,10 +81,15 @@ def test_init_starts_from_a_trained_model_and_refuses_another_architecture(train
         train_run(config.replace(model="fast"), mnist, tmp_path / "wrong", device="cpu", progress=False)
 
 
-@pytest.mark.parametrize("change", [{"photo_digits": -1}, {"reject_weight": -0.5}])
+@pytest.mark.parametrize("change", [{"photo_digits": -1}, {"reject_weight": -0.5}, {"not_digits": -1}])
 def test_negative_photo_digits_or_reject_weight_is_refused(change):
-    with pytest.raises(ValueError, match="photo_digits and reject_weight must be >= 0"):
+    with pytest.raises(ValueError, match="photo_digits, reject_weight and not_digits must be >= 0"):
         TrainConfig(**change)
+
+
+def test_not_digits_without_the_reject_loss_are_refused():
+    with pytest.raises(ValueError, match="give reject_weight > 0 as well"):
+        TrainConfig(not_digits=100)
 
 
 @pytest.mark.slow
@@ -97,3 +116,60 @@ def test_photo_digits_join_the_training_set(mnist, tmp_path):
     assert result.config["training"]["train_images"] == 600
     assert result.config["train_config"]["photo_digits"] == 100
     assert torch.isfinite(torch.tensor(result.fit.history[-1]["train_loss"]))
+
+
+def _box(frame: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(frame.max(1) > 40)[0], np.nonzero(frame.max(0) > 40)[0]
+    return int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1
+
+
+@pytest.mark.slow  # starts worker processes: about 10 s
+def test_not_digits_are_preprocessed_junk_and_repeat_with_any_worker_count():
+    one = not_digits(28, seed=5, workers=1, chunk=10)
+    assert one.dtype == np.uint8 and one.shape[1:] == (28, 28) and 20 <= len(one) <= 28
+    np.testing.assert_array_equal(one, not_digits(28, seed=5, workers=2, chunk=10))
+    assert not np.array_equal(one[:20], not_digits(28, seed=6, workers=1, chunk=10)[:20])
+    assert all(max(_box(f)) <= 21 for f in one)  # framed by preprocess_image like a digit
+
+
+def test_a_dot_arrives_as_a_filled_blob_and_a_dash_as_a_flat_bar():
+    dots, dashes = not_digits(6, seed=0, kinds=("dot",), workers=1), not_digits(6, seed=0, kinds=("dash",), workers=1)
+    for dot in dots:  # what preprocessing makes of a dot: it fills the 20 px box
+        h, w = _box(dot)
+        assert min(h, w) >= 14 and (dot > 128).sum() > 0.5 * h * w  # a disc fills pi/4 of its box
+    for dash in dashes:  # near horizontal, never a steep stroke that would be a 1
+        h, w = _box(dash)
+        assert w >= 19 and h < 0.7 * w  # measured: at most 0.6 (25 degrees and a thick pen)
+
+
+def test_not_digit_kinds_are_checked_and_letters_come_from_sans_fonts_only():
+    with pytest.raises(ValueError, match="unknown not-digit kinds"):
+        not_digits(4, seed=0, kinds=("dot", "digit"))
+    fonts = [f.rsplit("/", 1)[-1] for f in training_fonts()]
+    assert "DejaVuSans.ttf" in fonts and "DejaVuSansMono.ttf" in fonts
+    assert not any("Serif" in f or "STIX" in f or "Display" in f for f in fonts)  # held out for evaluation
+    assert set(NOT_DIGIT_KINDS) >= {"dot", "dash", "cross", "scribble", "smudge", "letter", "noise"}
+
+
+def test_not_digits_join_the_reject_images(mnist):
+    config = TrainConfig(limit=600, val_split="500", reject_weight=0.5)
+    parts = reject_tensor(config, mnist, torch.device("cpu"))
+    both = reject_tensor(config.replace(not_digits=30), mnist, torch.device("cpu"))
+    assert 20 <= len(both) - len(parts) <= 30
+    assert torch.equal(both[: len(parts)], parts)  # the parts are drawn as before
+
+
+@pytest.mark.slow
+def test_not_digits_teach_the_model_to_be_unsure_of_junk(mnist, tmp_path):
+    """A short real run with the reject loss, with and without not-digits: junk it never saw reads far less surely."""
+    base = TrainConfig(model="basic", epochs=1, batch_size=64, limit=3000, val_split="1000", reject_weight=1.0)
+    held_out = not_digits(140, seed=99)  # another seed than training's
+    confidence, accuracy = {}, {}
+    for count in (0, 1500):
+        result = train_run(base.replace(not_digits=count), mnist, tmp_path / f"n{count}", device="cpu", progress=False)
+        clf = Classifier(result.model, result.config)
+        confidence[count] = float(clf.predict_proba(held_out).max(1).mean())
+        accuracy[count] = float((clf.predict(mnist.test_images[:2000]) == mnist.test_labels[:2000].numpy()).mean())
+    # measured: 0.32 -> 0.23 (parts of digits alone already teach some doubt)
+    assert confidence[1500] < 0.3 and confidence[1500] < confidence[0] - 0.05, confidence
+    assert accuracy[1500] > accuracy[0] - 0.02, accuracy

@@ -58,6 +58,44 @@ class TrainConfig:
     aug_elastic: float = field(
         default=0.0, metadata=_help("augmentation: elastic distortion of up to this many pixels (0 = off)")
     )
+    aug_stroke: float = field(
+        default=0.0,
+        metadata=_help(
+            "augmentation: thicken or thin strokes by up to this many pixels (grey-scale dilation/erosion), for"
+            " pens from a fine liner to a marker that MNIST's writers did not use (0 = off)"
+        ),
+    )
+    aug_pencil: float = field(
+        default=0.0,
+        metadata=_help(
+            "augmentation: fade the ink by up to this fraction, with grain, as pencil and worn pens write (0 = off)"
+        ),
+    )
+    aug_blur: float = field(
+        default=0.0,
+        metadata=_help("augmentation: Gaussian blur of up to this many pixels, as out-of-focus photos give (0 = off)"),
+    )
+    aug_lowres: int = field(
+        default=0,
+        metadata=_help(
+            "augmentation: reduce the digit to a random side of this many pixels or more (4-27) and scale it"
+            " back up, as tiny scans and thumbnails give (0 = off)"
+        ),
+    )
+    aug_crop: float = field(
+        default=0.0,
+        metadata=_help(
+            "augmentation: cut up to this fraction of the digit off at one side and frame the rest again, as a"
+            " crop drawn too tight does (0 = off; above about 0.15 a 0 can become a C)"
+        ),
+    )
+    aug_corrupt_p: float = field(
+        default=0.5,
+        metadata=_help(
+            "chance that each of --aug-stroke/pencil/blur/lowres/crop hits a training image; the rest stay clean,"
+            " so clean digits are still learnt"
+        ),
+    )
     init: str = field(
         default="",
         metadata=_help(
@@ -79,6 +117,15 @@ class TrainConfig:
             "weight of a loss that teaches the model to be unsure (uniform probabilities) of parts of digits"
             " and pairs of touching digits (mnist_cnn.synthetic.digit_parts), so `read` can tell a wrong cut"
             " from a digit; a quarter-batch of them joins every step (0 = off)"
+        ),
+    )
+    not_digits: int = field(
+        default=0,
+        metadata=_help(
+            "this many generated not-digits (dots, dashes, crosses, scribbles, smudges, letters, near-blank"
+            " pages; mnist_cnn.synthetic.not_digits) join the images --reject-weight teaches the model to be"
+            ' unsure of, so junk gets "not sure" instead of a confident digit (about 10 ms each, once,'
+            " before training; needs --reject-weight)"
         ),
     )
     channels_last: bool = field(
@@ -120,8 +167,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or min(self.weight_decay, self.limit, self.photo_digits, self.reject_weight) < 0:
-            raise ValueError("lr must be > 0, and weight_decay, limit, photo_digits and reject_weight must be >= 0")
+        if (
+            not self.lr > 0
+            or min(self.weight_decay, self.limit, self.photo_digits, self.reject_weight, self.not_digits) < 0
+        ):
+            raise ValueError(
+                "lr must be > 0, and weight_decay, limit, photo_digits, reject_weight and not_digits must be >= 0"
+            )
+        if self.not_digits > 0 and self.reject_weight <= 0:
+            raise ValueError("not_digits are only used by the reject loss: give reject_weight > 0 as well")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
             raise ValueError("warmup, label_smoothing and ema must each be in [0, 1)")
         _ = self.augmentation  # validates the ranges
@@ -137,7 +191,8 @@ class TrainConfig:
     def augmentation(self) -> Augmentation:
         return Augmentation(
             rotate=self.aug_rotate, scale=self.aug_scale, shear=self.aug_shear,
-            translate=self.aug_translate, elastic=self.aug_elastic,
+            translate=self.aug_translate, elastic=self.aug_elastic, stroke=self.aug_stroke, pencil=self.aug_pencil,
+            blur=self.aug_blur, lowres=self.aug_lowres, crop=self.aug_crop, corrupt_p=self.aug_corrupt_p,
         )  # fmt: skip
 
     def replace(self, **changes) -> TrainConfig:
@@ -205,6 +260,14 @@ RECIPES: dict[str, Recipe] = {
                TrainConfig(model="best", epochs=3, batch_size=128, lr=1e-3, lr_schedule="cosine", warmup=0.1,
                            label_smoothing=0.1, ema=0.998, aug_rotate=10, aug_scale=0.1, aug_translate=0.1,
                            photo_digits=30_000, reject_weight=0.5, precision="auto"),
+               fine_tunes=True),
+        # The default model's recipe: reader's, plus the pens, scanners and crops of other writers, and junk;
+        # a lower learning rate than reader's keeps more of the base's validation accuracy (docs/benchmarks.md).
+        Recipe("robust", "for other people's handwriting and junk (the shipped default): fine-tunes a trained `best` run (--init RUN) for 3 epochs with other pens, pencil, blur, low resolution, tight crops, strong slant and rotation and 30,000 photographed digits, taught to be unsure of parts of digits and of 10,000 generated not-digits",
+               TrainConfig(model="best", epochs=3, batch_size=128, lr=3e-4, lr_schedule="cosine", warmup=0.1,
+                           label_smoothing=0.1, ema=0.998, aug_rotate=20, aug_scale=0.1, aug_shear=15, aug_translate=0.1,
+                           aug_stroke=1.0, aug_pencil=0.5, aug_blur=1.0, aug_lowres=10, aug_crop=0.1, aug_corrupt_p=0.3,
+                           photo_digits=30_000, reject_weight=0.5, not_digits=10_000, precision="auto"),
                fine_tunes=True),
     )
 }  # fmt: skip

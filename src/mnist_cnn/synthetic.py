@@ -25,6 +25,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -181,6 +182,16 @@ def _photographed_chunk(digits28: np.ndarray, seed: np.random.SeedSequence) -> n
     return out
 
 
+def _in_processes(fn, jobs: list[tuple], workers: int | None) -> list:
+    """``[fn(*job) for job in jobs]``, over ``workers`` processes (default: one per core)."""
+    workers = min(len(jobs), workers or len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        return [fn(*job) for job in jobs]
+    # spawn: a forked copy of a process that has run torch's thread pool can hang
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*jobs, strict=True)))
+
+
 def photographed(digits28: np.ndarray, seed: int, *, workers: int | None = None, chunk: int = 500) -> np.ndarray:
     """Each MNIST digit (N, 28, 28) uint8 photographed (:func:`render_digit`) and put back through
     :func:`mnist_cnn.preprocess.preprocess_image`: what the model gets from a real photo of it.
@@ -191,12 +202,7 @@ def photographed(digits28: np.ndarray, seed: int, *, workers: int | None = None,
     digits28 = np.asarray(digits28, np.uint8)
     seeds = np.random.SeedSequence(seed).spawn(max(1, -(-len(digits28) // chunk)))
     chunks = [digits28[i : i + chunk] for i in range(0, len(digits28), chunk)]
-    workers = min(len(chunks), workers or len(os.sched_getaffinity(0)))
-    if workers <= 1:
-        parts = [_photographed_chunk(c, s) for c, s in zip(chunks, seeds, strict=True)]
-    else:  # spawn: a forked copy of a process that has run torch's thread pool can hang
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_photographed_chunk, chunks, seeds))
+    parts = _in_processes(_photographed_chunk, list(zip(chunks, seeds, strict=True)), workers)
     return np.concatenate(parts) if parts else digits28.copy()
 
 
@@ -244,3 +250,118 @@ def digit_parts(digits28: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         np.maximum(right, b, out=right)
         out.append(to_frame(pair))
     return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
+# ----------------------------------------------------------------------------- not-digits
+
+NOT_DIGIT_KINDS = ("dot", "dash", "cross", "scribble", "smudge", "letter", "noise")
+# Capitals, small letters and signs that look like no digit (no O, I, l, S, Z, B, G, b, q, g, T, L, J, &).
+NOT_DIGIT_LETTERS = "AEFHKMNRWXehkmnrwx#%@*+"
+
+
+def training_fonts() -> list[str]:
+    """The font files not-digit letters are drawn with: DejaVu Sans and DejaVu Sans Mono from matplotlib.
+
+    DejaVu Serif and STIX are left out on purpose: evaluation suites draw their letters with those,
+    so a model trained on these letters is still measured on letters it never saw.
+    """
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = sorted(str(f) for pattern in ("DejaVuSans.ttf", "DejaVuSans-*.ttf", "DejaVuSansMono*.ttf")
+                   for f in folder.glob(pattern))  # fmt: skip
+    if not fonts:
+        raise FileNotFoundError(f"no DejaVu Sans fonts in {folder}: is matplotlib installed completely?")
+    return fonts
+
+
+def _line_width(size: int, rng: np.random.Generator) -> int:
+    return max(1, int(size * rng.uniform(0.05, 0.16)))
+
+
+def _random_points(size: int, count: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    return [tuple(p) for p in rng.uniform(0.1 * size, 0.9 * size, (count, 2))]
+
+
+def _draw_not_digit(kind: str, size: int, rng: np.random.Generator, fonts: list[str]) -> np.ndarray:
+    """Ink coverage (size, size) float32 in 0-1 of one not-digit of ``kind``, drawn with a pen of random width."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    width, c = _line_width(size, rng), size / 2
+    if kind == "dot":
+        r = size * rng.uniform(0.04, 0.2)
+        draw.ellipse([c - r, c - r * rng.uniform(0.7, 1.3), c + r, c + r * rng.uniform(0.7, 1.3)], fill=255)
+    elif kind == "dash":  # near horizontal: a steep one would be a 1
+        half, tilt = size * rng.uniform(0.15, 0.45), np.tan(np.radians(rng.uniform(-25, 25)))
+        draw.line([(c - half, c - half * tilt), (c + half, c + half * tilt)], fill=255, width=width)
+    elif kind == "cross":
+        half, turn = size * rng.uniform(0.2, 0.45), rng.choice([0.0, 45.0]) + rng.uniform(-15, 15)
+        for angle in (turn, turn + 90 + rng.uniform(-15, 15)):
+            dx, dy = half * np.cos(np.radians(angle)), half * np.sin(np.radians(angle))
+            draw.line([(c - dx, c - dy), (c + dx, c + dy)], fill=255, width=width)
+    elif kind == "scribble":  # a tangle of many strokes
+        draw.line(_random_points(size, int(rng.integers(6, 14)), rng), fill=255, width=width, joint="curve")
+    elif kind == "smudge":  # soft overlapping blobs, as a rubbed-out mark or a fingerprint
+        for x, y in _random_points(size, int(rng.integers(2, 6)), rng):
+            r = size * rng.uniform(0.08, 0.25)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=int(rng.integers(120, 256)))
+        img = img.filter(ImageFilter.GaussianBlur(size * rng.uniform(0.03, 0.1)))
+    elif kind == "letter":
+        font = ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], int(size * rng.uniform(0.6, 0.9)))
+        draw.text((c, c), str(rng.choice(list(NOT_DIGIT_LETTERS))), fill=255, font=font, anchor="mm")
+        img = img.rotate(rng.uniform(-15, 15), Image.Resampling.BICUBIC)
+    elif kind == "noise":  # a nearly blank page: a few specks of dust and grain
+        for x, y in _random_points(size, int(rng.integers(3, 30)), rng):
+            r = size * rng.uniform(0.005, 0.03)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=int(rng.integers(60, 256)))
+    else:
+        raise ValueError(f"unknown not-digit kind {kind!r}; choose from: {', '.join(NOT_DIGIT_KINDS)}")
+    return np.asarray(img, np.float32) / 255
+
+
+def render_not_digit(kind: str, rng: np.random.Generator, style: Style = Style(), fonts: list[str] | None = None):
+    """One not-digit of ``kind`` (see :data:`NOT_DIGIT_KINDS`) photographed as ink on paper, like :func:`render_digit`."""
+    size = int(rng.integers(style.digit_height[0], style.digit_height[1] + 1))
+    glyph = _draw_not_digit(kind, size, rng, fonts if fonts is not None else training_fonts())
+    page = np.zeros((int(size * rng.uniform(1.2, 2.5)), int(size * rng.uniform(1.2, 2.5))), np.float32)
+    y, x = int(rng.integers(0, page.shape[0] - size + 1)), int(rng.integers(0, page.shape[1] - size + 1))
+    page[y : y + size, x : x + size] = glyph
+    return _photograph(page, rng, style)[0]
+
+
+def _not_digits_chunk(kinds: list[str], seed: np.random.SeedSequence) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    from .preprocess import NoDigitError, preprocess_image
+
+    rng, fonts, out = np.random.default_rng(seed), training_fonts(), []
+    with threadpool_limits(1):
+        for kind in kinds:
+            try:
+                out.append(preprocess_image(render_not_digit(kind, rng, fonts=fonts)).array)
+            except NoDigitError:  # preprocessing already answers "no digit": nothing for the model to learn
+                pass
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
+def not_digits(
+    count: int, seed: int, kinds: tuple[str, ...] = NOT_DIGIT_KINDS, *, workers: int | None = None, chunk: int = 500
+) -> np.ndarray:
+    """``count`` not-digits (an equal share of each of ``kinds``) as the model meets them: photographed
+    as ink on paper (:func:`render_not_digit`) and put through :func:`mnist_cnn.preprocess.preprocess_image`,
+    so a dot arrives as the big filled blob preprocessing makes of it.
+
+    Returns (M, 28, 28) uint8, white on black; M <= count, as those preprocessing already finds no
+    digit in (faint noise) are left out. Parallel like :func:`photographed`; depends only on ``seed``.
+    """
+    unknown = sorted(set(kinds) - set(NOT_DIGIT_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown not-digit kinds {unknown}; choose from: {', '.join(NOT_DIGIT_KINDS)}")
+    rng = np.random.default_rng(seed)
+    order = [kinds[i % len(kinds)] for i in rng.permutation(count)] if count > 0 else []
+    jobs = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+    seeds = np.random.SeedSequence(seed).spawn(len(jobs))
+    parts = _in_processes(_not_digits_chunk, list(zip(jobs, seeds, strict=True)), workers)
+    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)

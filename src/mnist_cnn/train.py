@@ -88,16 +88,23 @@ def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
 
 
 def reject_tensor(config: TrainConfig, data: MNIST, device: torch.device) -> torch.Tensor | None:
-    """Normalised not-a-digit images (:func:`mnist_cnn.synthetic.digit_parts`) made from training digits
-    only, for ``config.reject_weight``; None when that is 0."""
+    """Normalised not-a-digit images for ``config.reject_weight`` (None when that is 0): parts and pairs
+    of training digits only (:func:`mnist_cnn.synthetic.digit_parts`), plus ``config.not_digits``
+    generated ones (:func:`mnist_cnn.synthetic.not_digits`)."""
     if config.reject_weight <= 0:
         return None
-    from .synthetic import digit_parts
+    from .synthetic import digit_parts, not_digits
 
     train_idx, _ = _split(config, data)
     rng = np.random.default_rng(config.seed + 2)
     pick = rng.permutation(train_idx.numpy())[:REJECT_SOURCE_DIGITS]
-    return to_model_input(digit_parts(data.train_images.numpy()[pick], rng)).to(device)
+    rejects = digit_parts(data.train_images.numpy()[pick], rng)
+    if config.not_digits > 0:
+        start = time.perf_counter()
+        junk = not_digits(config.not_digits, config.seed + 3)
+        log.info("drew %d not-digits in %.0f s", len(junk), time.perf_counter() - start)
+        rejects = np.concatenate([rejects, junk])
+    return to_model_input(rejects).to(device)
 
 
 def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
