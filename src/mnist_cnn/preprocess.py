@@ -44,6 +44,7 @@ WORK_SIDE = 1200
 BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
 CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
 MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full range (20 grey levels)
+MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
 
@@ -67,9 +68,11 @@ class PreprocessRecord:
     exif_orientation: int | None = None  # the EXIF tag that was applied (1 = none needed)
     working_scale: float = 1.0  # large images are reduced to WORK_SIDE before processing
     inverted: bool = False  # True: dark ink on light paper, turned into white on black
+    polarity: str = ""  # which side is ink, and how that was decided
     background: str = "flat"  # "flat", or "uneven (removed)" when lighting varied across the page
     threshold: float = 0.0  # Otsu level of the ink map, 0-1 of the full range
     contrast: float = 0.0  # typical ink level above the paper, 0-1
+    lines_removed: int = 0  # ruled or squared-paper lines and box sides taken out (:func:`remove_lines`)
     specks_removed: int = 0  # small separate blobs (dust, noise) left out
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # the ink's (left, top, right, bottom) in the image's pixels
     scale: float = 1.0  # 28x28-frame pixels per image pixel
@@ -264,39 +267,126 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def _background(grey: np.ndarray) -> np.ndarray:
+def _design(h: int, w: int, terms: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = yy / max(h - 1, 1) - 0.5, xx / max(w - 1, 1) - 0.5
+    return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
+
+
+def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
     """A smooth estimate of the paper: a surface fitted to the pixels that are not ink.
 
     Fitted on a reduced copy with iterative outlier rejection (ink is the outlier, on either side):
     a quadratic surface for page-sized images, a plane for digit-sized ones (too few pixels to
-    tell a curved light from the digit's shape), a constant for tiny ones.
+    tell a curved light from the digit's shape), a constant for tiny ones. Without ``paper`` (a
+    bool (H, W) mask of pixels known to be paper) the fit starts from the median, which assumes
+    that the paper is the majority of the pixels; with it, the fit starts from those pixels.
     """
     h, w = grey.shape
     if min(h, w) < 16:
-        return np.full_like(grey, float(np.median(grey)))
+        return np.full_like(grey, float(np.median(grey if paper is None or not paper.any() else grey[paper])))
     terms = 6 if min(h, w) >= 48 else 3
     small, _ = _reduce(grey, 96)
-
-    def design(hh: int, ww: int) -> np.ndarray:
-        yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float64)
-        yy, xx = yy / max(hh - 1, 1) - 0.5, xx / max(ww - 1, 1) - 0.5
-        return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
-
-    basis = design(*small.shape).reshape(-1, terms)
+    basis = _design(*small.shape, terms).reshape(-1, terms)
     z = small.reshape(-1).astype(np.float64)
-    # Start from the median (the paper is the majority), then refit to the pixels near the surface.
-    resid = z - np.median(z)
+    if paper is None:
+        keep = np.abs(z - np.median(z)) < 2.5 * max(1.4826 * float(np.median(np.abs(z - np.median(z)))), 0.01)
+    else:
+        keep = _reduce_mask(paper, small.shape).reshape(-1)
     coef = np.zeros(terms)
     for _ in range(5):
-        spread = max(1.4826 * float(np.median(np.abs(resid))), 0.01)
-        keep = np.abs(resid) < 2.5 * spread
         if keep.sum() < 4 * terms:
             break
         coef, *_ = np.linalg.lstsq(basis[keep], z[keep], rcond=None)
         resid = z - basis @ coef
+        # From known paper, the spread of the pixels kept so far: ink never sets the tolerance.
+        spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
+        keep = np.abs(resid) < 2.5 * spread
     if not coef.any():
         return np.full_like(grey, float(np.median(grey)))
-    return (design(h, w) @ coef).astype(np.float32)
+    return (_design(h, w, terms) @ coef).astype(np.float32)
+
+
+def _reduce_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A bool mask reduced to ``shape``: True where (nearly) all of the pixels it covers were True."""
+    if mask.shape == shape:
+        return mask
+    small = Image.fromarray(mask.astype(np.float32), "F").resize(shape[::-1], Image.Resampling.BOX)
+    return np.asarray(small) > 0.99
+
+
+def _stroke_evidence(dark: np.ndarray) -> tuple[float, float]:
+    """Evidence that the dark class is the ink, from the border and from stroke structure (each about -1 to 1).
+
+    border: the paper holds the frame's border, even where a tight crop's strokes touch it (rows
+    and columns that one class fills end to end, a drawn box or a ruled line, say nothing).
+    strokes: ink is drawn with a pen, so it is thin everywhere; paper has wide open parts. Compared
+    by the 90th percentile of the distance to the other class (the half-width of the widest parts).
+    """
+    h, w = dark.shape
+    band = max(1, round(0.04 * min(h, w)))
+    ring = np.zeros_like(dark)
+    ring[:band], ring[-band:], ring[:, :band], ring[:, -band:] = True, True, True, True
+    full = lambda m: (m.mean(1) > 0.9)[:, None] | (m.mean(0) > 0.9)[None, :]  # noqa: E731
+    counted = ring & ~full(dark) & ~full(~dark)
+    border = 0.5 - float(dark[counted].mean()) if counted.any() else 0.0
+    width_dark = np.percentile(ndimage.distance_transform_edt(dark)[dark], 90) if dark.any() else 0.0
+    width_light = np.percentile(ndimage.distance_transform_edt(~dark)[~dark], 90) if (~dark).any() else 0.0
+    strokes = float(np.clip(np.log((width_light + 0.5) / (width_dark + 0.5)), -1, 1))
+    return 2 * border, strokes
+
+
+def _flat_paper(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The paper-majority fit: (surface, residual, share of the residual's minority side by Otsu's split)."""
+    bg = _background(grey)
+    resid = grey - bg
+    lo, hi = float(resid.min()), float(resid.max())
+    if hi - lo < 1e-6:
+        return bg, resid, 0.0
+    split = resid < lo + _otsu((resid - lo) / (hi - lo)) * (hi - lo)
+    share = float(split.mean())
+    return bg, resid, min(share, 1 - share)
+
+
+def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """For an image the ink fills (a tight crop, a cell of a form): the paper as a bool mask, the polarity decided.
+
+    The image is split in two by Otsu's level; which side is ink is voted by the border, by
+    stroke structure and (weakly) by which side is smaller.
+    """
+    small, _ = _reduce(grey, 128)
+    dark_small = small < _otsu(small)
+    border, strokes = _stroke_evidence(dark_small)
+    share = 0.5 - float(dark_small.mean())
+    score = border + strokes + share
+    record.inverted = score > 0
+    record.polarity = (
+        f"{'dark' if record.inverted else 'light'} ink (ink fills the frame: border {border:+.2f}, "
+        f"strokes {strokes:+.2f}, share {share:+.2f})"
+    )
+    dark = grey < _otsu(grey)
+    paper = ~dark if record.inverted else dark
+    return ndimage.binary_erosion(paper, iterations=1, border_value=1)
+
+
+def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.ndarray | None]:
+    """(surface of the paper, bool mask of paper pixels or None); sets ``record.inverted`` and ``record.polarity``.
+
+    Most images are mostly paper: a smooth surface fitted to the majority removes uneven light,
+    and the ink is the side (darker or lighter) with more strong deviations from it. When the
+    ink is a large part of the image (a tight crop), no majority can be trusted: see :func:`_two_classes`.
+    """
+    bg, resid, minority = _flat_paper(grey)
+    if minority < MAX_INK_SHARE:
+        spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
+        strong = 4 * spread + 0.02
+        dark = float(np.clip(-resid - strong, 0, None).sum())
+        light = float(np.clip(resid - strong, 0, None).sum())
+        record.inverted = dark > light
+        record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
+        return bg, None
+    paper = _two_classes(grey, record)
+    return _background(grey, paper), paper
 
 
 def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
@@ -305,17 +395,13 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     Raises :class:`NoDigitError` when nothing stands out from the background (a blank page).
     """
     record = record if record is not None else PreprocessRecord()
-    bg = _background(grey)
+    bg, paper = _paper(grey, record)
     resid = grey - bg
     if float(bg.max() - bg.min()) > 0.1:
         record.background = "uneven (removed)"
-    # Noise level of the paper, from the pixels closest to the background.
-    spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
-    # The ink is the side (darker or lighter than the paper) that holds more strong deviations.
-    strong = 4 * spread + 0.02
-    dark = float(np.clip(-resid - strong, 0, None).sum())
-    light = float(np.clip(resid - strong, 0, None).sum())
-    record.inverted = dark > light
+    # Noise level of the paper, from the pixels closest to the background (or known to be paper).
+    noise = resid if paper is None or paper.sum() < 16 else resid[paper]
+    spread = 1.4826 * float(np.median(np.abs(noise - np.median(noise)))) + 1e-4
     ink = np.clip(-resid if record.inverted else resid, 0, None)
 
     top = float(ink.max())
@@ -335,6 +421,71 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     lo = max(0.5 * t, min(3 * spread, 0.9 * t))
     hi = max(level, lo + 1e-3)
     return np.clip((ink - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """Components of the long straight runs along ``axis`` (1: horizontal, 0: vertical) that are thin: (labels, count)."""
+    length = max(8, round(0.1 * mask.shape[axis]))
+    element = np.ones((1, length) if axis == 1 else (length, 1), bool)
+    runs = ndimage.binary_opening(mask, structure=element)
+    labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        along, across = box[axis].stop - box[axis].start, box[1 - axis].stop - box[1 - axis].start
+        thickness = float((labels[box] == i).sum()) / along
+        if thickness > 0.1 * along or across > 3 * thickness + 0.05 * along:  # not thin, or not straight
+            labels[box][labels[box] == i] = 0
+    return labels, count
+
+
+def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
+    """Pixels with ink of ``rest`` within ``reach`` px on both sides across ``axis``: where a stroke crosses a line."""
+    across = 1 - axis
+    n = rest.shape[across]
+    padded = np.concatenate([np.zeros_like(rest), rest, np.zeros_like(rest)], axis=across)
+    window = lambda start: padded.take(np.arange(start, start + n), axis=across)  # noqa: E731
+    before = np.any([window(n - d) for d in range(1, reach + 1)], axis=0)
+    after = np.any([window(n + d) for d in range(1, reach + 1)], axis=0)
+    return before & after
+
+
+def remove_lines(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
+    """Take out ruled and squared-paper lines and a box drawn round the digit; strokes that cross them stay.
+
+    A line is a thin straight run that reaches beyond the rest of the ink at both ends: it is longer
+    than the digit and runs across or around it. A digit's own bar (a 7, a 4, the base of a 2)
+    ends inside the digit on at least one side, and a lone stroke (a 1) has no rest to compare with,
+    so they are kept.
+    """
+    mask = ink > 0.35
+    found = [(axis, *_straight_lines(mask, axis)) for axis in (1, 0)]
+    candidates = np.zeros_like(mask)
+    for _, labels, _ in found:
+        candidates |= labels > 0
+    rest = mask & ~ndimage.binary_dilation(candidates)
+    labels, count = components(rest.astype(np.float32))
+    if count == 0:
+        return ink
+    mass = ndimage.sum_labels(rest, labels, np.arange(1, count + 1))
+    rest = np.isin(labels, 1 + np.nonzero(mass >= 0.1 * mass.max())[0])
+    rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
+    extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
+    removed, n = np.zeros_like(mask), 0
+    for axis, labels, _ in found:
+        r0, r1 = extent[axis]
+        depth = extent[1 - axis][1] - extent[1 - axis][0]
+        for i, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None or not (labels[box] == i).any():
+                continue
+            line = labels == i
+            thickness = float(line.sum()) / (box[axis].stop - box[axis].start)
+            beyond = min(r0 - box[axis].start, box[axis].stop - r1)
+            if beyond >= max(2, 0.1 * (r1 - r0)) and depth >= 4 * thickness:
+                line = ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
+                removed |= line
+                n += 1
+    if record is not None:
+        record.lines_removed = n
+    return np.where(removed, 0, ink).astype(np.float32) if n else ink
 
 
 def components(ink: np.ndarray, level: float = 0.35) -> tuple[np.ndarray, int]:
@@ -414,6 +565,7 @@ def preprocess_image(source, *, work_side: int = WORK_SIDE) -> Preprocessed:
     """
     grey, record = decode_image(source, work_side=work_side)
     ink = ink_map(grey, record)
+    ink = remove_lines(ink, record)
     ink = drop_specks(ink, record)
     return Preprocessed(to_frame(ink, record), record)
 
