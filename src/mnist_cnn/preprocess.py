@@ -7,10 +7,13 @@ that until it goes through the same steps, which :func:`preprocess_image` applie
 
 1. decode (any format and mode Pillow reads; first frame of animations; EXIF orientation applied;
    the pixel count checked from the header before anything is decoded),
-2. estimate the background (a smooth surface, so uneven lighting goes away) and find which side
-   the ink is on (dark on light paper, or light on dark); invert so ink is bright,
+2. find which side the ink is on (dark on light paper, or light on dark) and estimate the paper
+   (a smooth surface, so uneven lighting goes away); invert so ink is bright. When the paper is
+   most of the image it is fitted first; when the ink fills the frame (a tight crop) the border
+   and stroke structure decide (:mod:`mnist_cnn.strokes`), and the paper is fitted to its own pixels,
 3. a soft threshold around Otsu's level: paper and noise become 0, solid ink 1, edges stay grey,
-4. drop specks, crop to the ink, scale the longer side to 20 px, centre by mass in 28x28.
+4. remove ruled/squared-paper lines and a drawn box, drop specks, crop to the ink, scale the
+   longer side to 20 px, centre by mass in 28x28.
 
 >>> from mnist_cnn.preprocess import preprocess_image
 >>> result = preprocess_image("photo.jpg")   # doctest: +SKIP
@@ -33,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from .errors import MnistCnnError
+from .strokes import otsu, polarity_evidence, reduce_mask, remove_lines
 
 # Our own limits, far below Pillow's decompression-bomb threshold (89 Mpx warning, 179 Mpx error):
 # a 48-megapixel phone photo passes, a 20000x20000 "image" is refused from its header.
@@ -253,20 +257,6 @@ def decode_image(source, *, work_side: int = WORK_SIDE) -> tuple[np.ndarray, Pre
 # ----------------------------------------------------------------------------- ink
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of values in 0-1 (the level that best separates two classes)."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
-
-
 def _design(h: int, w: int, terms: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     yy, xx = yy / max(h - 1, 1) - 0.5, xx / max(w - 1, 1) - 0.5
@@ -292,7 +282,7 @@ def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray
     if paper is None:
         keep = np.abs(z - np.median(z)) < 2.5 * max(1.4826 * float(np.median(np.abs(z - np.median(z)))), 0.01)
     else:
-        keep = _reduce_mask(paper, small.shape).reshape(-1)
+        keep = reduce_mask(paper, small.shape).reshape(-1)
     coef = np.zeros(terms)
     for _ in range(5):
         if keep.sum() < 4 * terms:
@@ -307,35 +297,6 @@ def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray
     return (_design(h, w, terms) @ coef).astype(np.float32)
 
 
-def _reduce_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A bool mask reduced to ``shape``: True where (nearly) all of the pixels it covers were True."""
-    if mask.shape == shape:
-        return mask
-    small = Image.fromarray(mask.astype(np.float32), "F").resize(shape[::-1], Image.Resampling.BOX)
-    return np.asarray(small) > 0.99
-
-
-def _stroke_evidence(dark: np.ndarray) -> tuple[float, float]:
-    """Evidence that the dark class is the ink, from the border and from stroke structure (each about -1 to 1).
-
-    border: the paper holds the frame's border, even where a tight crop's strokes touch it (rows
-    and columns that one class fills end to end, a drawn box or a ruled line, say nothing).
-    strokes: ink is drawn with a pen, so it is thin everywhere; paper has wide open parts. Compared
-    by the 90th percentile of the distance to the other class (the half-width of the widest parts).
-    """
-    h, w = dark.shape
-    band = max(1, round(0.04 * min(h, w)))
-    ring = np.zeros_like(dark)
-    ring[:band], ring[-band:], ring[:, :band], ring[:, -band:] = True, True, True, True
-    full = lambda m: (m.mean(1) > 0.9)[:, None] | (m.mean(0) > 0.9)[None, :]  # noqa: E731
-    counted = ring & ~full(dark) & ~full(~dark)
-    border = 0.5 - float(dark[counted].mean()) if counted.any() else 0.0
-    width_dark = np.percentile(ndimage.distance_transform_edt(dark)[dark], 90) if dark.any() else 0.0
-    width_light = np.percentile(ndimage.distance_transform_edt(~dark)[~dark], 90) if (~dark).any() else 0.0
-    strokes = float(np.clip(np.log((width_light + 0.5) / (width_dark + 0.5)), -1, 1))
-    return 2 * border, strokes
-
-
 def _flat_paper(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The paper-majority fit: (surface, residual, share of the residual's minority side by Otsu's split)."""
     bg = _background(grey)
@@ -343,7 +304,7 @@ def _flat_paper(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     lo, hi = float(resid.min()), float(resid.max())
     if hi - lo < 1e-6:
         return bg, resid, 0.0
-    split = resid < lo + _otsu((resid - lo) / (hi - lo)) * (hi - lo)
+    split = resid < lo + otsu((resid - lo) / (hi - lo)) * (hi - lo)
     share = float(split.mean())
     return bg, resid, min(share, 1 - share)
 
@@ -355,8 +316,8 @@ def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     stroke structure and (weakly) by which side is smaller.
     """
     small, _ = _reduce(grey, 128)
-    dark_small = small < _otsu(small)
-    border, strokes = _stroke_evidence(dark_small)
+    dark_small = small < otsu(small)
+    border, strokes = polarity_evidence(dark_small)
     share = 0.5 - float(dark_small.mean())
     score = border + strokes + share
     record.inverted = score > 0
@@ -364,7 +325,7 @@ def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
         f"{'dark' if record.inverted else 'light'} ink (ink fills the frame: border {border:+.2f}, "
         f"strokes {strokes:+.2f}, share {share:+.2f})"
     )
-    dark = grey < _otsu(grey)
+    dark = grey < otsu(grey)
     paper = ~dark if record.inverted else dark
     return ndimage.binary_erosion(paper, iterations=1, border_value=1)
 
@@ -409,7 +370,7 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
         raise NoDigitError(
             f"{record.source}: no digit found (the image holds no ink that stands out from the background)"
         )
-    t = _otsu(ink / top) * top
+    t = otsu(ink / top) * top
     level = float(np.median(ink[ink > t])) if np.any(ink > t) else top
     record.threshold, record.contrast = round(t, 4), round(level, 4)
     if level < MIN_CONTRAST or level < 6 * spread:
@@ -421,71 +382,6 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     lo = max(0.5 * t, min(3 * spread, 0.9 * t))
     hi = max(level, lo + 1e-3)
     return np.clip((ink - lo) / (hi - lo), 0, 1).astype(np.float32)
-
-
-def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
-    """Components of the long straight runs along ``axis`` (1: horizontal, 0: vertical) that are thin: (labels, count)."""
-    length = max(8, round(0.1 * mask.shape[axis]))
-    element = np.ones((1, length) if axis == 1 else (length, 1), bool)
-    runs = ndimage.binary_opening(mask, structure=element)
-    labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
-    for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        along, across = box[axis].stop - box[axis].start, box[1 - axis].stop - box[1 - axis].start
-        thickness = float((labels[box] == i).sum()) / along
-        if thickness > 0.1 * along or across > 3 * thickness + 0.05 * along:  # not thin, or not straight
-            labels[box][labels[box] == i] = 0
-    return labels, count
-
-
-def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
-    """Pixels with ink of ``rest`` within ``reach`` px on both sides across ``axis``: where a stroke crosses a line."""
-    across = 1 - axis
-    n = rest.shape[across]
-    padded = np.concatenate([np.zeros_like(rest), rest, np.zeros_like(rest)], axis=across)
-    window = lambda start: padded.take(np.arange(start, start + n), axis=across)  # noqa: E731
-    before = np.any([window(n - d) for d in range(1, reach + 1)], axis=0)
-    after = np.any([window(n + d) for d in range(1, reach + 1)], axis=0)
-    return before & after
-
-
-def remove_lines(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
-    """Take out ruled and squared-paper lines and a box drawn round the digit; strokes that cross them stay.
-
-    A line is a thin straight run that reaches beyond the rest of the ink at both ends: it is longer
-    than the digit and runs across or around it. A digit's own bar (a 7, a 4, the base of a 2)
-    ends inside the digit on at least one side, and a lone stroke (a 1) has no rest to compare with,
-    so they are kept.
-    """
-    mask = ink > 0.35
-    found = [(axis, *_straight_lines(mask, axis)) for axis in (1, 0)]
-    candidates = np.zeros_like(mask)
-    for _, labels, _ in found:
-        candidates |= labels > 0
-    rest = mask & ~ndimage.binary_dilation(candidates)
-    labels, count = components(rest.astype(np.float32))
-    if count == 0:
-        return ink
-    mass = ndimage.sum_labels(rest, labels, np.arange(1, count + 1))
-    rest = np.isin(labels, 1 + np.nonzero(mass >= 0.1 * mass.max())[0])
-    rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
-    extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
-    removed, n = np.zeros_like(mask), 0
-    for axis, labels, _ in found:
-        r0, r1 = extent[axis]
-        depth = extent[1 - axis][1] - extent[1 - axis][0]
-        for i, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None or not (labels[box] == i).any():
-                continue
-            line = labels == i
-            thickness = float(line.sum()) / (box[axis].stop - box[axis].start)
-            beyond = min(r0 - box[axis].start, box[axis].stop - r1)
-            if beyond >= max(2, 0.1 * (r1 - r0)) and depth >= 4 * thickness:
-                line = ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
-                removed |= line
-                n += 1
-    if record is not None:
-        record.lines_removed = n
-    return np.where(removed, 0, ink).astype(np.float32) if n else ink
 
 
 def components(ink: np.ndarray, level: float = 0.35) -> tuple[np.ndarray, int]:
@@ -565,7 +461,7 @@ def preprocess_image(source, *, work_side: int = WORK_SIDE) -> Preprocessed:
     """
     grey, record = decode_image(source, work_side=work_side)
     ink = ink_map(grey, record)
-    ink = remove_lines(ink, record)
+    ink, record.lines_removed = remove_lines(ink)
     ink = drop_specks(ink, record)
     return Preprocessed(to_frame(ink, record), record)
 
