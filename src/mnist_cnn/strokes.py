@@ -79,6 +79,22 @@ def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
     return before & after
 
 
+def _anchored(line: np.ndarray, box: tuple[slice, slice], axis: int, near: dict) -> bool:
+    """Both ends of a line reach the frame's edge (a ruled line) or meet a line across it (a box's corner).
+
+    A digit's own straight stroke (the bar of a 7) ends in the open.
+    """
+    side = line.shape[axis]
+    ends = (box[axis].start, box[axis].stop - 1)
+    margin = max(2, round(0.03 * side))
+    for end in ends:
+        at_edge = end < margin or end >= side - margin
+        cut = line.take(end, axis=axis) & near[1 - axis].take(end, axis=axis)
+        if not (at_edge or cut.any()):
+            return False
+    return True
+
+
 def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     """Take out ruled and squared-paper lines and a box drawn round the digit; strokes that cross them stay.
 
@@ -101,6 +117,7 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
     extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
     removed, n = np.zeros_like(mask), 0
+    corners = {axis: ndimage.binary_dilation(labels > 0, iterations=4) for axis, labels, _ in found}
     for axis, labels, _ in found:
         r0, r1 = extent[axis]
         depth = extent[1 - axis][1] - extent[1 - axis][0]
@@ -110,7 +127,7 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
             line = labels == i
             thickness = float(line.sum()) / (box[axis].stop - box[axis].start)
             beyond = min(r0 - box[axis].start, box[axis].stop - r1)
-            if beyond >= max(2, 0.1 * (r1 - r0)) and depth >= 4 * thickness:
+            if beyond >= max(2, 0.1 * (r1 - r0)) and depth >= 4 * thickness and _anchored(line, box, axis, corners):
                 line = ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
                 removed |= line
                 n += 1
