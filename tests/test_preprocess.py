@@ -312,9 +312,14 @@ def test_a_digits_own_bars_and_stems_are_not_taken_for_lines(square):
     four[:40, 4:9] = 255
     four[36:41, 0:44] = 255  # the bar runs past the stem to the right edge
     four[:, 28:33] = 255
+    hooked = np.zeros((60, 60), np.uint8)
+    hooked[2:7, 4:56] = 255  # a bar that runs past both ends of the stem under it
+    for y in range(7, 60):
+        x = int(38 - (y - 7) * 0.3)
+        hooked[y, x - 2 : x + 3] = 255
     one = np.zeros((60, 12), np.uint8)
     one[:, 4:9] = 255
-    for glyph in (seven, four, one):
+    for glyph in (seven, four, hooked, one):
         frame = np.pad(glyph, 10) if square else glyph
         result = preprocess_image(255 - frame)
         assert result.record.lines_removed == 0
