@@ -7,10 +7,13 @@ that until it goes through the same steps, which :func:`preprocess_image` applie
 
 1. decode (any format and mode Pillow reads; first frame of animations; EXIF orientation applied;
    the pixel count checked from the header before anything is decoded),
-2. estimate the background (a smooth surface, so uneven lighting goes away) and find which side
-   the ink is on (dark on light paper, or light on dark); invert so ink is bright,
+2. find which side the ink is on (dark on light paper, or light on dark) and estimate the paper
+   (a smooth surface, so uneven lighting goes away); invert so ink is bright. When the paper is
+   most of the image it is fitted first; when the ink fills the frame (a tight crop) the border
+   and stroke structure decide (:mod:`mnist_cnn.strokes`), and the paper is fitted to its own pixels,
 3. a soft threshold around Otsu's level: paper and noise become 0, solid ink 1, edges stay grey,
-4. drop specks, crop to the ink, scale the longer side to 20 px, centre by mass in 28x28.
+4. remove ruled/squared-paper lines and a drawn box, drop specks, crop to the ink, scale the
+   longer side to 20 px, centre by mass in 28x28.
 
 >>> from mnist_cnn.preprocess import preprocess_image
 >>> result = preprocess_image("photo.jpg")   # doctest: +SKIP
@@ -33,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from .errors import FormatNotAcceptedError, ImageError, NoDigitError, NotAnImageError, TooManyPixelsError
+from .strokes import otsu, polarity_evidence, reduce_mask, remove_lines
 
 # Our own limits, far below Pillow's decompression-bomb threshold (89 Mpx warning, 179 Mpx error):
 # a 48-megapixel phone photo passes, a 20000x20000 "image" is refused from its header.
@@ -44,6 +48,7 @@ WORK_SIDE = 1200
 BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
 CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
 MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full range (20 grey levels)
+MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
 
@@ -70,9 +75,11 @@ class PreprocessRecord:
     exif_orientation: int | None = None  # the EXIF tag that was applied (1 = none needed)
     working_scale: float = 1.0  # large images are reduced to WORK_SIDE before processing
     inverted: bool = False  # True: dark ink on light paper, turned into white on black
+    polarity: str = ""  # which side is ink, and how that was decided
     background: str = "flat"  # "flat", or "uneven (removed)" when lighting varied across the page
     threshold: float = 0.0  # Otsu level of the ink map, 0-1 of the full range
     contrast: float = 0.0  # typical ink level above the paper, 0-1
+    lines_removed: int = 0  # ruled or squared-paper lines and box sides taken out (:func:`remove_lines`)
     specks_removed: int = 0  # small separate blobs (dust, noise) left out
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # the ink's (left, top, right, bottom) in the image's pixels
     scale: float = 1.0  # 28x28-frame pixels per image pixel
@@ -264,53 +271,97 @@ def decode_image(
 # ----------------------------------------------------------------------------- ink
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of values in 0-1 (the level that best separates two classes)."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
+def _design(h: int, w: int, terms: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = yy / max(h - 1, 1) - 0.5, xx / max(w - 1, 1) - 0.5
+    return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
 
 
-def _background(grey: np.ndarray) -> np.ndarray:
+def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
     """A smooth estimate of the paper: a surface fitted to the pixels that are not ink.
 
     Fitted on a reduced copy with iterative outlier rejection (ink is the outlier, on either side):
     a quadratic surface for page-sized images, a plane for digit-sized ones (too few pixels to
-    tell a curved light from the digit's shape), a constant for tiny ones.
+    tell a curved light from the digit's shape), a constant for tiny ones. Without ``paper`` (a
+    bool (H, W) mask of pixels known to be paper) the fit starts from the median, which assumes
+    that the paper is the majority of the pixels; with it, the fit starts from those pixels.
     """
     h, w = grey.shape
     if min(h, w) < 16:
-        return np.full_like(grey, float(np.median(grey)))
+        return np.full_like(grey, float(np.median(grey if paper is None or not paper.any() else grey[paper])))
     terms = 6 if min(h, w) >= 48 else 3
     small, _ = _reduce(grey, 96)
-
-    def design(hh: int, ww: int) -> np.ndarray:
-        yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float64)
-        yy, xx = yy / max(hh - 1, 1) - 0.5, xx / max(ww - 1, 1) - 0.5
-        return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
-
-    basis = design(*small.shape).reshape(-1, terms)
+    basis = _design(*small.shape, terms).reshape(-1, terms)
     z = small.reshape(-1).astype(np.float64)
-    # Start from the median (the paper is the majority), then refit to the pixels near the surface.
-    resid = z - np.median(z)
+    if paper is None:
+        keep = np.abs(z - np.median(z)) < 2.5 * max(1.4826 * float(np.median(np.abs(z - np.median(z)))), 0.01)
+    else:
+        keep = reduce_mask(paper, small.shape).reshape(-1)
     coef = np.zeros(terms)
     for _ in range(5):
-        spread = max(1.4826 * float(np.median(np.abs(resid))), 0.01)
-        keep = np.abs(resid) < 2.5 * spread
         if keep.sum() < 4 * terms:
             break
         coef, *_ = np.linalg.lstsq(basis[keep], z[keep], rcond=None)
         resid = z - basis @ coef
+        # From known paper, the spread of the pixels kept so far: ink never sets the tolerance.
+        spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
+        keep = np.abs(resid) < 2.5 * spread
     if not coef.any():
         return np.full_like(grey, float(np.median(grey)))
-    return (design(h, w) @ coef).astype(np.float32)
+    return (_design(h, w, terms) @ coef).astype(np.float32)
+
+
+def _flat_paper(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The paper-majority fit: (surface, residual, share of the residual's minority side by Otsu's split)."""
+    bg = _background(grey)
+    resid = grey - bg
+    lo, hi = float(resid.min()), float(resid.max())
+    if hi - lo < 1e-6:
+        return bg, resid, 0.0
+    split = resid < lo + otsu((resid - lo) / (hi - lo)) * (hi - lo)
+    share = float(split.mean())
+    return bg, resid, min(share, 1 - share)
+
+
+def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """For an image the ink fills (a tight crop, a cell of a form): the paper as a bool mask, the polarity decided.
+
+    The image is split in two by Otsu's level; which side is ink is voted by the border, by
+    stroke structure and (weakly) by which side is smaller.
+    """
+    small, _ = _reduce(grey, 128)
+    dark_small = small < otsu(small)
+    border, strokes = polarity_evidence(dark_small)
+    share = 0.5 - float(dark_small.mean())
+    score = border + strokes + share
+    record.inverted = score > 0
+    record.polarity = (
+        f"{'dark' if record.inverted else 'light'} ink (ink fills the frame: border {border:+.2f}, "
+        f"strokes {strokes:+.2f}, share {share:+.2f})"
+    )
+    dark = grey < otsu(grey)
+    paper = ~dark if record.inverted else dark
+    return ndimage.binary_erosion(paper, iterations=1, border_value=1)
+
+
+def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.ndarray | None]:
+    """(surface of the paper, bool mask of paper pixels or None); sets ``record.inverted`` and ``record.polarity``.
+
+    Most images are mostly paper: a smooth surface fitted to the majority removes uneven light,
+    and the ink is the side (darker or lighter) with more strong deviations from it. When the
+    ink is a large part of the image (a tight crop), no majority can be trusted: see :func:`_two_classes`.
+    """
+    bg, resid, minority = _flat_paper(grey)
+    if minority < MAX_INK_SHARE:
+        spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
+        strong = 4 * spread + 0.02
+        dark = float(np.clip(-resid - strong, 0, None).sum())
+        light = float(np.clip(resid - strong, 0, None).sum())
+        record.inverted = dark > light
+        record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
+        return bg, None
+    paper = _two_classes(grey, record)
+    return _background(grey, paper), paper
 
 
 def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
@@ -319,17 +370,13 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     Raises :class:`NoDigitError` when nothing stands out from the background (a blank page).
     """
     record = record if record is not None else PreprocessRecord()
-    bg = _background(grey)
+    bg, paper = _paper(grey, record)
     resid = grey - bg
     if float(bg.max() - bg.min()) > 0.1:
         record.background = "uneven (removed)"
-    # Noise level of the paper, from the pixels closest to the background.
-    spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
-    # The ink is the side (darker or lighter than the paper) that holds more strong deviations.
-    strong = 4 * spread + 0.02
-    dark = float(np.clip(-resid - strong, 0, None).sum())
-    light = float(np.clip(resid - strong, 0, None).sum())
-    record.inverted = dark > light
+    # Noise level of the paper, from the pixels closest to the background (or known to be paper).
+    noise = resid if paper is None or paper.sum() < 16 else resid[paper]
+    spread = 1.4826 * float(np.median(np.abs(noise - np.median(noise)))) + 1e-4
     ink = np.clip(-resid if record.inverted else resid, 0, None)
 
     top = float(ink.max())
@@ -337,7 +384,7 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
         raise NoDigitError(
             f"{record.source}: no digit found (the image holds no ink that stands out from the background)"
         )
-    t = _otsu(ink / top) * top
+    t = otsu(ink / top) * top
     level = float(np.median(ink[ink > t])) if np.any(ink > t) else top
     record.threshold, record.contrast = round(t, 4), round(level, 4)
     if level < MIN_CONTRAST or level < 6 * spread:
@@ -428,6 +475,7 @@ def preprocess_image(source, *, work_side: int = WORK_SIDE, limits: ImageLimits 
     """
     grey, record = decode_image(source, work_side=work_side, limits=limits)
     ink = ink_map(grey, record)
+    ink, record.lines_removed = remove_lines(ink)
     ink = drop_specks(ink, record)
     return Preprocessed(to_frame(ink, record), record)
 

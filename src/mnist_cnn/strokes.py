@@ -1,0 +1,134 @@
+"""Telling ink from paper: Otsu's split, evidence for which side of it is ink (a pen stroke is thin),
+and ruled lines, squared-paper lines and drawn boxes told apart from a digit's strokes.
+
+Used by :mod:`mnist_cnn.preprocess`; nothing here knows about files or records.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+
+def otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in 0-1 (the level that best separates two classes)."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def reduce_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A bool mask reduced to ``shape``: True where (nearly) all of the pixels it covers were True."""
+    if mask.shape == shape:
+        return mask
+    small = Image.fromarray(mask.astype(np.float32), "F").resize(shape[::-1], Image.Resampling.BOX)
+    return np.asarray(small) > 0.99
+
+
+def polarity_evidence(dark: np.ndarray) -> tuple[float, float]:
+    """Evidence that the dark class is the ink, from the border and from stroke structure (each about -1 to 1).
+
+    border: the paper holds the frame's border, even where a tight crop's strokes touch it (rows
+    and columns that one class fills end to end, a drawn box or a ruled line, say nothing).
+    strokes: ink is drawn with a pen, so it is thin everywhere; paper has wide open parts. Compared
+    by the 90th percentile of the distance to the other class (the half-width of the widest parts).
+    """
+    h, w = dark.shape
+    band = max(1, round(0.04 * min(h, w)))
+    ring = np.zeros_like(dark)
+    ring[:band], ring[-band:], ring[:, :band], ring[:, -band:] = True, True, True, True
+    full = lambda m: (m.mean(1) > 0.9)[:, None] | (m.mean(0) > 0.9)[None, :]  # noqa: E731
+    counted = ring & ~full(dark) & ~full(~dark)
+    border = 0.5 - float(dark[counted].mean()) if counted.any() else 0.0
+    width_dark = np.percentile(ndimage.distance_transform_edt(dark)[dark], 90) if dark.any() else 0.0
+    width_light = np.percentile(ndimage.distance_transform_edt(~dark)[~dark], 90) if (~dark).any() else 0.0
+    strokes = float(np.clip(np.log((width_light + 0.5) / (width_dark + 0.5)), -1, 1))
+    return 2 * border, strokes
+
+
+def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """Components of the long straight runs along ``axis`` (1: horizontal, 0: vertical) that are thin: (labels, count)."""
+    length = max(8, round(0.1 * mask.shape[axis]))
+    element = np.ones((1, length) if axis == 1 else (length, 1), bool)
+    runs = ndimage.binary_opening(mask, structure=element)
+    labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        along, across = box[axis].stop - box[axis].start, box[1 - axis].stop - box[1 - axis].start
+        thickness = float((labels[box] == i).sum()) / along
+        if thickness > 0.1 * along or across > 3 * thickness + 0.05 * along:  # not thin, or not straight
+            labels[box][labels[box] == i] = 0
+    return labels, count
+
+
+def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
+    """Pixels with ink of ``rest`` within ``reach`` px on both sides across ``axis``: where a stroke crosses a line."""
+    across = 1 - axis
+    n = rest.shape[across]
+    padded = np.concatenate([np.zeros_like(rest), rest, np.zeros_like(rest)], axis=across)
+    window = lambda start: padded.take(np.arange(start, start + n), axis=across)  # noqa: E731
+    before = np.any([window(n - d) for d in range(1, reach + 1)], axis=0)
+    after = np.any([window(n + d) for d in range(1, reach + 1)], axis=0)
+    return before & after
+
+
+def _anchored(line: np.ndarray, box: tuple[slice, slice], axis: int, near: dict) -> bool:
+    """Both ends of a line reach the frame's edge (a ruled line) or meet a line across it (a box's corner).
+
+    A digit's own straight stroke (the bar of a 7) ends in the open.
+    """
+    side = line.shape[axis]
+    ends = (box[axis].start, box[axis].stop - 1)
+    margin = max(2, round(0.03 * side))
+    for end in ends:
+        at_edge = end < margin or end >= side - margin
+        cut = line.take(end, axis=axis) & near[1 - axis].take(end, axis=axis)
+        if not (at_edge or cut.any()):
+            return False
+    return True
+
+
+def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
+    """Take out ruled and squared-paper lines and a box drawn round the digit; strokes that cross them stay.
+
+    A line is a thin straight run that reaches beyond the rest of the ink at both ends: it is longer
+    than the digit and runs across or around it. A digit's own bar (a 7, a 4, the base of a 2)
+    ends inside the digit on at least one side, and a lone stroke (a 1) has no rest to compare with,
+    so they are kept. ``ink`` is float (H, W) in 0-1, ink bright; returns (ink, number of lines removed).
+    """
+    mask = ink > 0.35
+    found = [(axis, *_straight_lines(mask, axis)) for axis in (1, 0)]
+    candidates = np.zeros_like(mask)
+    for _, labels, _ in found:
+        candidates |= labels > 0
+    rest = mask & ~ndimage.binary_dilation(candidates)
+    labels, count = ndimage.label(rest, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return ink, 0
+    mass = ndimage.sum_labels(rest, labels, np.arange(1, count + 1))
+    rest = np.isin(labels, 1 + np.nonzero(mass >= 0.1 * mass.max())[0])
+    rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
+    extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
+    removed, n = np.zeros_like(mask), 0
+    corners = {axis: ndimage.binary_dilation(labels > 0, iterations=4) for axis, labels, _ in found}
+    for axis, labels, _ in found:
+        r0, r1 = extent[axis]
+        depth = extent[1 - axis][1] - extent[1 - axis][0]
+        for i, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None or not (labels[box] == i).any():
+                continue
+            line = labels == i
+            thickness = float(line.sum()) / (box[axis].stop - box[axis].start)
+            beyond = min(r0 - box[axis].start, box[axis].stop - r1)
+            if beyond >= max(2, 0.1 * (r1 - r0)) and depth >= 4 * thickness and _anchored(line, box, axis, corners):
+                line = ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
+                removed |= line
+                n += 1
+    return (np.where(removed, 0, ink).astype(np.float32) if n else ink), n
