@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -30,15 +31,8 @@ from .checkpoint import CheckpointError, Checkpoints, rng_states, set_rng_states
 from .config import TrainConfig
 from .data import MNIST, split_validation
 from .errors import ModelFolderError
-from .inference import (
-    MNIST_NORMALIZATION,
-    batched_logits,
-    save_model,
-    select_device,
-    to_model_input,
-    versions,
-    write_json,
-)
+from .folder import MNIST_NORMALIZATION, atomic_write, save_model, versions, write_json
+from .inference import batched_logits, select_device, to_model_input
 from .models import count_parameters, create_model, list_models
 from .reproducibility import git_commit, package_versions, seed_everything
 from .tracking import TensorBoardLogger
@@ -353,12 +347,11 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_json(run_dir / "history.json", history)
     if history:
         columns = list(dict.fromkeys(k for row in history for k in row))
-        tmp = run_dir / ".history.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
-        os.replace(tmp, run_dir / "history.csv")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write(run_dir / "history.csv", table.getvalue())
 
 
 @dataclass
