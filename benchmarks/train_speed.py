@@ -57,7 +57,7 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int, spl
     result = train_run(
         config, data, run_dir, recipe=recipe, device="cpu", progress=False, on_step=on_step, step_every=every
     )
-    metrics = evaluate_run(run_dir, data)
+    metrics = evaluate_run(run_dir, data).metrics
     return {
         "recipe": recipe,
         "seed": seed,
