@@ -56,18 +56,25 @@ __all__ = [
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str = "torch", *, tta: bool = False
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    runtime: str = "torch",
+    *,
+    tta: bool = False,
+    threads: int | None = None,
 ) -> BaseClassifier:
     """Load a model folder written by ``mnist-cnn train``, ``mnist-cnn ensemble`` or :func:`save_model`.
 
     ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
     ``runtime="onnxruntime"`` predicts with the folder's ``model.onnx`` (see :mod:`mnist_cnn.export`)
-    through ONNX Runtime on the CPU instead; the returned object has the same predict methods.
+    through ONNX Runtime on the CPU instead, with ``threads`` threads per forward pass (default: ONNX
+    Runtime's choice; PyTorch's thread count is the process's, see ``torch.set_num_threads``); the
+    returned object has the same predict methods.
     """
     if runtime not in LOADERS:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     folder = ModelFolder(path)
-    return LOADERS[runtime](folder, folder.read(), device, tta)
+    return LOADERS[runtime](folder, folder.read(), device, tta, threads)
 
 
 def load_network(folder: ModelFolder, config: dict) -> nn.Module:
@@ -76,17 +83,17 @@ def load_network(folder: ModelFolder, config: dict) -> nn.Module:
     return build(folder, config)
 
 
-def _torch_classifier(folder: ModelFolder, config: dict, device, tta: bool) -> Classifier:
+def _torch_classifier(folder: ModelFolder, config: dict, device, tta: bool, threads: int | None) -> Classifier:
     network = load_network(folder, config)
     if tta:  # average over small rotations and zooms of each image
         network = TTA(network, fill=background(config.get("normalization", MNIST_NORMALIZATION)))
     return Classifier(network, config, device, tta=tta)
 
 
-def _onnx_classifier(folder: ModelFolder, config: dict, device, tta: bool) -> OnnxClassifier:
+def _onnx_classifier(folder: ModelFolder, config: dict, device, tta: bool, threads: int | None) -> OnnxClassifier:
     if tta:
         raise ValueError("test-time augmentation (--tta) needs the torch runtime")
-    return OnnxClassifier(folder.path, config)
+    return OnnxClassifier(folder.path, config, threads=threads)
 
 
 def _single_network(folder: ModelFolder, config: dict) -> nn.Module:
@@ -129,7 +136,7 @@ def load_ensemble(folder: ModelFolder, config: dict) -> Ensemble:
 # weights; an ensemble from its members' folders.
 NETWORKS: dict[str, Callable[[ModelFolder, dict], nn.Module]] = {ENSEMBLE: load_ensemble}
 # What each runtime returns; its keys are RUNTIMES.
-LOADERS: dict[str, Callable[[ModelFolder, dict, str | torch.device, bool], BaseClassifier]] = {
+LOADERS: dict[str, Callable[[ModelFolder, dict, str | torch.device, bool, int | None], BaseClassifier]] = {
     Classifier.runtime: _torch_classifier,
     OnnxClassifier.runtime: _onnx_classifier,
 }

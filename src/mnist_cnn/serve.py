@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         f"the service needs the 'serve' extra ({exc.name} is missing): pip install 'mnist-cnn[serve]'"
     ) from None
 
-from ._version import __version__
+from . import __version__
 from .config import ServeSettings as Settings
 from .errors import MnistCnnError
 from .inference import load_model, read_config
