@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .averaging import TTA
 from .errors import MnistCnnError, ModelFolderError
 from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder
 
@@ -130,16 +131,19 @@ class Classifier(BaseClassifier):
 
     runtime = "torch"
 
-    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu", *, tta: bool = False):
-        """``tta`` says that ``model`` averages several views of each image (see :func:`mnist_cnn.load_model`)."""
+    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu"):
         self.device = select_device(device) if isinstance(device, str) else device
         self.config = config
-        self.tta = tta
         # Channels-last (NHWC) convolutions are 1.3-4x faster on the CPU here (benchmarks/inference.py).
         self.channels_last = self.device.type == "cpu"
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def tta(self) -> bool:
+        """Whether each prediction averages several views of the image (``load_model(..., tta=True)``)."""
+        return isinstance(self.model, TTA)
 
     def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
         """Raw logits, shaped (N, 10), before the temperature."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from .averaging import TTA, TTA_VIEWS, Ensemble, background
 from .config import validation_of
 from .errors import ModelFolderError
-from .folder import CONFIG, ENSEMBLE, FORMAT_VERSION, MEMBERS, WEIGHTS, ModelFolder, atomic_write
+from .folder import ENSEMBLE, FORMAT_VERSION, MEMBERS, ModelFolder, atomic_write
 from .inference import load_ensemble, load_model
 
 # Also importable from here, where the averaging networks lived before they had a module of their own.
@@ -49,11 +49,11 @@ def make_ensemble(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
         )
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for i, run in enumerate(runs):
-        dest = tmp / MEMBERS / str(i)
-        dest.mkdir(parents=True)
-        for name in (WEIGHTS, CONFIG):
-            atomic_write(dest / name, (Path(run) / name).read_bytes())
+    for i, (run, member) in enumerate(zip(runs, members, strict=True)):
+        dest = ModelFolder(tmp / MEMBERS / str(i))
+        dest.path.mkdir(parents=True)
+        atomic_write(dest.weights_path, ModelFolder(run).weights_path.read_bytes())
+        dest.write(member.config)
     accs = [m.config.get("metrics", {}).get("test_accuracy") for m in members]
     ModelFolder(tmp).write(
         {

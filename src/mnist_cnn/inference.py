@@ -87,7 +87,7 @@ def _torch_classifier(folder: ModelFolder, config: dict, device, tta: bool, thre
     network = load_network(folder, config)
     if tta:  # average over small rotations and zooms of each image
         network = TTA(network, fill=background(config.get("normalization", MNIST_NORMALIZATION)))
-    return Classifier(network, config, device, tta=tta)
+    return Classifier(network, config, device)
 
 
 def _onnx_classifier(folder: ModelFolder, config: dict, device, tta: bool, threads: int | None) -> OnnxClassifier:
