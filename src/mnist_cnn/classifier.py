@@ -166,7 +166,7 @@ def require_onnx():
 
 
 class OnnxClassifier(BaseClassifier):
-    """The ONNX Runtime counterpart of :class:`mnist_cnn.inference.Classifier` (same predict methods)."""
+    """The ONNX Runtime counterpart of :class:`Classifier` (same predict methods)."""
 
     runtime = "onnxruntime"
     default_batch_size = 1000
