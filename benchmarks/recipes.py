@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import RECIPES, load_mnist
-from mnist_cnn.evaluate import evaluate_run
+from mnist_cnn.evaluate import evaluate_run, save_metrics
+from mnist_cnn.inference import read_config
 from mnist_cnn.runtime import configure_threads
 from mnist_cnn.train import train_run
 
@@ -40,8 +41,8 @@ def run_once(name: str, seed: int, out: Path, data, reuse: bool) -> dict:
     if not (reuse and (run_dir / "metrics.json").is_file()):
         config = RECIPES[name].config.replace(seed=seed)
         train_run(config, data, run_dir, recipe=name, device="cpu", progress=False)
-        evaluate_run(run_dir, data)
-    saved = json.loads((run_dir / "config.json").read_text())
+        save_metrics(evaluate_run(run_dir, data))
+    saved = read_config(run_dir)
     training, metrics = saved["training"], saved["metrics"]
     return {
         "recipe": name,

@@ -59,7 +59,7 @@ def worker(recipe: str, seed: int, eval_every: int, out: Path, threads: int, spl
     result = train_run(
         config, data, run_dir, recipe=recipe, device="cpu", progress=False, callbacks=[EveryNSteps(every, on_step)]
     )
-    metrics = evaluate_run(run_dir, data)
+    metrics = evaluate_run(run_dir, data).metrics
     return {
         "recipe": recipe,
         "seed": seed,

@@ -59,14 +59,26 @@ def mnist(mnist_dir):
 def trained_run(tmp_path_factory, mnist):
     """A real (short) training run on a subset: the basic model, 3 epochs on 6,000 images."""
     from mnist_cnn.config import TrainConfig
-    from mnist_cnn.evaluate import evaluate_run
     from mnist_cnn.train import train_run
 
     run_dir = tmp_path_factory.mktemp("runs") / "basic-small"
     config = TrainConfig(model="basic", epochs=3, batch_size=32, limit=6000, val_split="2000", seed=1)
     result = train_run(config, mnist, run_dir, recipe="basic", device="cpu", progress=False)
-    metrics = evaluate_run(run_dir, mnist)
-    return result, metrics
+    return result, evaluate_fully(run_dir, mnist)
+
+
+def evaluate_fully(run_dir: Path, data, *, calibrate: bool = True, **options) -> dict:
+    """The steps `mnist-cnn evaluate` takes: fit the temperature, measure, record the metrics, write the report."""
+    from mnist_cnn.calibrate import calibrate_if_possible
+    from mnist_cnn.evaluate import evaluate_run, save_metrics
+    from mnist_cnn.report import write_run_report
+
+    if calibrate:
+        calibrate_if_possible(run_dir, data)
+    measured = evaluate_run(run_dir, data, **options)
+    save_metrics(measured)
+    write_run_report(measured, data)
+    return measured.metrics
 
 
 def make_idx_folder(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool = True, seed: int = 0) -> Path:

@@ -50,6 +50,11 @@ def test_every_architecture_exports(tmp_path, name):
     assert verify_onnx(folder, images) <= 1e-4
 
 
+def test_load_model_gives_onnx_runtime_the_threads_asked_for(exported_run):
+    clf = load_model(exported_run, runtime="onnxruntime", threads=1)
+    assert clf.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_onnx_runtime_refuses_bad_input_like_pytorch(exported_run):
     clf = load_model(exported_run, runtime="onnxruntime")
     with pytest.raises(ValueError, match="float images must be in 0-1"):

@@ -101,11 +101,13 @@ def test_weights_file_holds_no_pickle(saved):
 
 
 def test_a_folder_that_did_not_record_the_width_loads_at_the_width_of_its_weights(tmp_path, mnist):
-    """`best` folders saved when its default width was 24 record no model_kwargs; they still load."""
+    """`best` folders saved (format 1) when its default width was 24 record no model_kwargs; they still load."""
     torch.manual_seed(0)
     narrow = create_model("best", width=24).eval()
     folder = save_model(tmp_path / "best24", narrow, {"architecture": "best"})
-    assert json.loads((folder / "config.json").read_text())["model_kwargs"] == {}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_kwargs"] == {"width": 24, "dropout": 0.0} and config["format_version"] == 2
+    (folder / "config.json").write_text(json.dumps({**config, "format_version": 1, "model_kwargs": {}}))
     clf = load_model(folder)
     x = mnist.test_images[:64]
     with torch.no_grad():

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import evaluate_fully
 from mnist_cnn.callbacks import EveryNSteps
 from mnist_cnn.config import RECIPES, TrainConfig
 from mnist_cnn.data import split_validation
@@ -37,7 +38,7 @@ def two_runs(tmp_path_factory, mnist):
     for seed in (0, 1):
         config = RECIPES["fast"].config.replace(limit=3000, val_split="1000", seed=seed, epochs=2)
         train_run(config, mnist, root / f"fast-{seed}", recipe="fast", device="cpu", progress=False)
-        evaluate_run(root / f"fast-{seed}", mnist)
+        evaluate_fully(root / f"fast-{seed}", mnist)
         runs.append(root / f"fast-{seed}")
     return runs
 
@@ -170,7 +171,7 @@ def test_tta_classifier_and_evaluate(two_runs, mnist):
     assert p.shape == (500, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
     agree = (tta.predict(images) == plain.predict(images)).mean()
     assert agree > 0.9  # the same model, looked at from a few angles
-    metrics = evaluate_run(two_runs[0], mnist, tta=True)
+    metrics = evaluate_run(two_runs[0], mnist, tta=True).metrics
     assert metrics["tta"] is True and 0.9 < metrics["val_accuracy"] <= 1
 
 
@@ -186,7 +187,7 @@ def test_ensemble_folder_averages_its_members_probabilities(two_runs, mnist, tmp
     assert config["architecture"] == "ensemble" and len(config["members"]) == 2
     # self-contained: the members' folders are copies, so the originals may go
     assert (out / "members" / "0" / "model.safetensors").is_file()
-    metrics = evaluate_run(out, mnist)
+    metrics = evaluate_fully(out, mnist)
     assert metrics["test_accuracy"] > 0.9 and metrics["val_accuracy"] is None
     assert (out / "report.html").is_file()
 
@@ -199,7 +200,7 @@ def test_members_sharing_one_validation_split_give_the_ensemble_a_validation_fig
     train_run(config, mnist, tmp_path / "fast-2", recipe="fast", device="cpu", progress=False)
     out = make_ensemble([two_runs[0], tmp_path / "fast-2"], tmp_path / "ens")
     assert json.loads((out / "config.json").read_text())["validation"] == {"val_split": 1000, "seed": 0}
-    metrics = evaluate_run(out, mnist)
+    metrics = evaluate_fully(out, mnist)
     _, val_idx = split_validation(len(mnist.train_images), "1000", 0)
     by_hand = (
         load_model(out).predict(mnist.train_images[val_idx].numpy()) == mnist.train_labels[val_idx].numpy()

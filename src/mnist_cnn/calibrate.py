@@ -26,7 +26,8 @@ from scipy.optimize import minimize_scalar
 from .config import validation_of
 from .data import MNIST, split_validation
 from .errors import MnistCnnError
-from .inference import CONFIG, load_model, write_json
+from .folder import ModelFolder
+from .inference import load_model
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,24 @@ def calibrate_run(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu
         "val_ece_before": round(expected_calibration_error(before, labels), 6),
         "val_ece_after": round(expected_calibration_error(after, labels), 6),
     }
-    config = clf.config
-    config["calibration"] = record
-    write_json(run_dir / CONFIG, config)
+    ModelFolder(run_dir).update(calibration=record)
     log.info(
         "temperature %.3f fitted on %d validation images: NLL %.4f -> %.4f, ECE %.4f -> %.4f",
         temperature, len(labels), record["val_nll_before"], record["val_nll_after"],
         record["val_ece_before"], record["val_ece_after"],
     )  # fmt: skip
     return record
+
+
+def calibrate_if_possible(run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu") -> dict:
+    """:func:`calibrate_run`, or, for a run that cannot be calibrated, a warning and a note in config.json saying why.
+
+    The step ``mnist-cnn evaluate`` takes before it measures the model.
+    """
+    try:
+        return calibrate_run(run_dir, data, device=device)
+    except CalibrationError as exc:
+        log.warning("%s", exc)
+        record = {"temperature": None, "note": str(exc)}
+        ModelFolder(run_dir).update(calibration=record)
+        return record

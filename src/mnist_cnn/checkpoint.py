@@ -6,8 +6,8 @@ far), read back with ``weights_only=True`` so that loading one never runs code. 
 small JSON manifest with its SHA-256, written last: a checkpoint without a manifest, or whose
 bytes do not match it, is damaged (the machine died while writing) and the previous one is used.
 
-Files are written to a temporary name in the same folder, flushed to disk (fsync) and renamed,
-so a crash at any moment leaves either the old set of checkpoints or the new one.
+Files are written with :func:`mnist_cnn.folder.atomic_write` (a temporary name in the same folder,
+fsync, rename), so a crash at any moment leaves either the old set of checkpoints or the new one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import MnistCnnError
+from .folder import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +36,6 @@ class CheckpointError(MnistCnnError):
     """No usable checkpoint to resume from."""
 
     exit_code = 2
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a folder; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Checkpoints:
@@ -81,9 +60,9 @@ class Checkpoints:
         torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
         data = buffer.getvalue()
         path = self.folder / f"step-{step:09d}.pt"
-        atomic_write_bytes(path, data)
+        atomic_write(path, data)
         manifest = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "step": step}
-        atomic_write_bytes(path.with_suffix(".json"), (json.dumps(manifest) + "\n").encode())
+        atomic_write(path.with_suffix(".json"), json.dumps(manifest) + "\n")
         for old in self.paths()[: -self.keep]:
             old.with_suffix(".json").unlink(missing_ok=True)
             old.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import sys
@@ -325,7 +326,7 @@ def _load_data(args):
 
 def cmd_train(args) -> int:
     from . import distributed
-    from .evaluate import evaluate_run, format_metrics
+    from .evaluate import format_metrics
     from .runtime import configure_threads
 
     if args.nproc > 1 and not distributed.launched_by_torchrun():
@@ -352,7 +353,7 @@ def cmd_train(args) -> int:
         distributed.shutdown()
     if not env.is_main:
         return 130 if result.fit.interrupted else 0
-    metrics = evaluate_run(run_dir, data, device=str(torch_device(device)))
+    metrics = _evaluate_steps(run_dir, data, device=str(torch_device(device)))
     print(format_metrics(metrics), end="\n\n")
     print(f"test accuracy {metrics['test_accuracy']:.4f}  (validation {metrics['val_accuracy'] or float('nan'):.4f}, "
           f"kept epoch {result.fit.best_epoch}, {result.fit.train_seconds:.1f} s of training)")  # fmt: skip
@@ -447,11 +448,26 @@ def cmd_evaluate(args) -> int:
     return _evaluate_and_print(args.run, _load_data(args), args)
 
 
+def _evaluate_steps(run: Path, data, *, device: str, calibrate: bool = True, **options) -> dict:
+    """Fit the temperature on the validation split (``calibrate``), measure on the test set, record
+    the metrics, write the report; return the metrics."""
+    from .calibrate import calibrate_if_possible
+    from .evaluate import evaluate_run, save_metrics
+    from .report import write_run_report
+
+    if calibrate:
+        calibrate_if_possible(run, data, device=device)
+    measured = evaluate_run(run, data, device=device, **options)
+    save_metrics(measured)
+    write_run_report(measured, data)
+    return measured.metrics
+
+
 def _evaluate_and_print(run: Path, data, args) -> int:
-    from .evaluate import evaluate_run, format_metrics
+    from .evaluate import format_metrics
 
     runtime = getattr(args, "runtime", "torch")
-    metrics = evaluate_run(run, data, device=args.device, tta=args.tta, runtime=runtime)
+    metrics = _evaluate_steps(run, data, device=args.device, tta=args.tta, runtime=runtime)
     print(format_metrics(metrics), end="\n\n")
     val = f"validation {metrics['val_accuracy']:.4f}, " if metrics["val_accuracy"] is not None else ""
     print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
@@ -474,7 +490,7 @@ def cmd_ensemble(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import calibrate_run
-    from .evaluate import calibration_line, evaluate_run
+    from .evaluate import calibration_line
     from .inference import read_config
     from .runtime import configure_threads
 
@@ -482,7 +498,7 @@ def cmd_calibrate(args) -> int:
     configure_threads(args.threads)
     data = _load_data(args)
     record = calibrate_run(args.run, data, device=args.device)
-    metrics = evaluate_run(args.run, data, device=args.device, calibrate=False)
+    metrics = _evaluate_steps(args.run, data, device=args.device, calibrate=False)
     print(f"temperature {record['temperature']:.4f}, fitted on the {record['fitted_on']}")
     print(f"validation: NLL {record['val_nll_before']:.4f} -> {record['val_nll_after']:.4f}, "
           f"ECE {record['val_ece_before']:.4f} -> {record['val_ece_after']:.4f}")  # fmt: skip
@@ -618,11 +634,16 @@ def cmd_read(args) -> int:
 def cmd_preprocess(args) -> int:
     from PIL import Image
 
+    from .folder import atomic_write
     from .preprocess import preprocess_image
 
     result = preprocess_image(args.image)
     if args.out:
-        Image.fromarray(result.array).save(args.out)
+        png = io.BytesIO()
+        Image.fromarray(result.array).save(
+            png, format=Image.registered_extensions().get(args.out.suffix.lower(), "PNG")
+        )
+        atomic_write(args.out, png.getvalue())
     record = result.record.to_dict()
     if args.json:
         print(json.dumps(record))

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .augment import Augmentation
+from .classifier import RUNTIMES
 from .runtime import PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
@@ -299,8 +300,6 @@ class ServeSettings:
     access_log: bool = field(default=True, metadata={"help": "one JSON line per request on the 'mnist_cnn.access' logger"})  # fmt: skip
 
     def __post_init__(self):
-        from .inference import RUNTIMES
-
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         for name in ("threads", "max_body_bytes", "max_image_pixels", "max_batch", "max_queue"):

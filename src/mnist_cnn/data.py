@@ -20,7 +20,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .folder import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,11 @@ def _read_bytes(path: Path, name: str | None = None) -> tuple[bytes, bytes]:
         disk = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    return _decompressed(disk, name)
+
+
+def _decompressed(disk: bytes, name: str) -> tuple[bytes, bytes]:
+    """(``disk``, its content): gunzipped if it is gzip data, else ``disk`` itself."""
     if disk[:2] != b"\x1f\x8b":
         return disk, disk
     try:
@@ -159,7 +164,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     raw = header + array.astype(_IDX_TYPES[code]).tobytes()
     path = Path(path)
-    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+    atomic_write(path, gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
 
 
 # ----------------------------------------------------------------------------- finding and verifying
@@ -218,8 +223,8 @@ def download_mnist(
 ) -> Path:
     """Download the four files into ``cache_dir``, verifying each before it is moved into place.
 
-    A file that is already there and verifies is kept. Each file is fetched into a temporary
-    file in the same folder and renamed only once its digest is right, so an interrupted or
+    A file that is already there and verifies is kept. Each file is fetched into memory and
+    written (atomically) only once its digest is right, so an interrupted or
     corrupt download never leaves a file that looks valid. Mirrors (default :data:`MIRRORS`)
     are tried in order.
     """
@@ -255,22 +260,16 @@ def download_mnist(
 
 
 def _fetch_verified(url: str, target: Path, spec: FileSpec, timeout: float, opener: Opener) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
-            size = 0
-            while chunk := response.read(1 << 16):
-                size += len(chunk)
-                if size > _MAX_DOWNLOAD_BYTES:
-                    raise DataError(f"response larger than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        _check_digest(url, *_read_bytes(Path(tmp), url), spec, hint="")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Download ``url`` into memory and write it to ``target`` only once its digest is right."""
+    body = io.BytesIO()
+    with opener(url, timeout=timeout) as response:
+        while chunk := response.read(1 << 16):
+            if body.tell() + len(chunk) > _MAX_DOWNLOAD_BYTES:
+                raise DataError(f"response larger than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
+            body.write(chunk)
+    disk = body.getvalue()
+    _check_digest(url, *_decompressed(disk, url), spec, hint="")
+    atomic_write(target, disk)
 
 
 def find_data_dir(

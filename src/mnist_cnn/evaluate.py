@@ -1,4 +1,9 @@
-"""Test-set evaluation of a saved model: metrics (scikit-learn), ``metrics.json`` and the report.
+"""Test-set evaluation of a saved model: metrics (scikit-learn), recorded in ``metrics.json``.
+
+Measuring changes nothing: :func:`evaluate_run` only reads the folder; fitting a temperature
+(:mod:`mnist_cnn.calibrate`), recording the metrics (:func:`save_metrics`) and writing the report
+(:func:`mnist_cnn.report.write_run_report`) are steps of their own, which ``mnist-cnn evaluate``
+takes in that order.
 
 This is the only place the test set is used, and it is used after training is over: nothing
 here feeds back into choosing epochs, checkpoints or hyper-parameters.
@@ -17,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-from . import report
-from .calibrate import ECE_BINS, CalibrationError, calibrate_run, expected_calibration_error, validation_split
+from .calibrate import ECE_BINS, CalibrationError, expected_calibration_error, validation_split
 from .config import TrainConfig
 from .data import MNIST
-from .inference import CONFIG, Classifier, load_model, read_config, write_json
+from .folder import ModelFolder, write_json
+from .inference import BaseClassifier, load_model
 from .models import count_parameters
 
 log = logging.getLogger(__name__)
+
+METRICS = "metrics.json"
 
 
 @dataclass
@@ -35,7 +42,7 @@ class Evaluation:
 
 
 def evaluate(
-    clf: Classifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 1000
+    clf: BaseClassifier, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 1000
 ) -> Evaluation:
     """Accuracy, loss, calibration error, per-class precision/recall/F1, confusion matrix and the misclassified indices.
 
@@ -88,114 +95,85 @@ def calibration_line(metrics: dict) -> str:
     return f"{ece} before, {metrics['test_ece']:.4f} after temperature scaling (T={metrics['temperature']:.3f}, fitted on validation)"
 
 
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    data: MNIST,
-    *,
-    device: str = "cpu",
-    seed: int = 0,
-    tta: bool = False,
-    runtime: str = "torch",
-    calibrate: bool = True,
-) -> dict:
-    """Evaluate the model in ``run_dir`` on the test set; write metrics.json, report.html and figures.
+@dataclass
+class RunEvaluation:
+    """What :func:`evaluate_run` measured, and what the report needs to show it."""
 
-    First (with ``calibrate``) fits the temperature on the run's validation split — a few seconds;
-    never on the test set. Also records the headline metrics in the folder's config.json, so they
-    travel with the model. With ``tta`` every prediction averages a few views of the image, and the
-    validation accuracy is measured again with them, so whether TTA helps can be judged without
-    the test set. ``runtime="onnxruntime"`` measures the exported ``model.onnx`` instead of the
-    PyTorch weights.
+    run_dir: Path
+    metrics: dict  # the headline figures config.json keeps, then everything metrics.json holds
+    evaluation: Evaluation  # test-set probabilities and predictions
+    config: dict  # the folder's config.json, as it was measured
+    history: list[dict]  # per-epoch figures from training (none for an ensemble)
+    runtime: str
+    parameters: int
+    tta_views: int  # views averaged per image (0: no test-time augmentation)
+    labels: list[str]
+
+    @property
+    def headline(self) -> dict:
+        return {k: self.metrics[k] for k in HEADLINE}
+
+
+# The figures config.json records under "metrics", so they travel with the model.
+HEADLINE = ("test_accuracy", "test_loss", "val_accuracy", "best_epoch", "train_seconds", "tta", "temperature",
+            "test_ece_uncalibrated", "test_ece")  # fmt: skip
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike, data: MNIST, *, device: str = "cpu", tta: bool = False, runtime: str = "torch"
+) -> RunEvaluation:
+    """Measure the model in ``run_dir`` on the test set; changes nothing on disk.
+
+    The probabilities use the temperature the folder holds (fit one first with
+    :func:`mnist_cnn.calibrate.calibrate_run`); :func:`save_metrics` and
+    :func:`mnist_cnn.report.write_run_report` record the result. With ``tta`` every prediction
+    averages a few views of the image, and the validation accuracy is measured again with them, so
+    whether TTA helps can be judged without the test set. ``runtime="onnxruntime"`` measures the
+    exported ``model.onnx`` instead of the PyTorch weights.
     """
     run_dir = Path(run_dir)
-    if calibrate:
-        try:
-            calibrate_run(run_dir, data, device=device)
-        except CalibrationError as exc:
-            log.warning("%s", exc)
-            config = read_config(run_dir)
-            config["calibration"] = {"temperature": None, "note": str(exc)}
-            write_json(run_dir / CONFIG, config)
     clf = load_model(run_dir, device=device, runtime=runtime, tta=tta)
-    n_params = count_parameters(clf.model if runtime == "torch" else load_model(run_dir).model)
-    test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
-    result = evaluate(clf, test_images, test_labels)
-    config = clf.config
+    network = clf.model if runtime == "torch" else load_model(run_dir).model
+    result = evaluate(clf, data.test_images.numpy(), data.test_labels.numpy())
     history = _read_history(run_dir)
-    training = config.get("training", {})
-    best = next((r for r in history if r["epoch"] == training.get("best_epoch")), None)
-    val_accuracy = best.get("val_accuracy") if best else None
-    if tta or val_accuracy is None:  # TTA changes what validation accuracy means; an ensemble has no history
-        try:
-            val_images, val_labels = validation_split(config, data)
-        except CalibrationError:  # the folder records no validation split, or none was held out
-            pass
-        else:
-            val_accuracy = float((clf.predict(val_images) == val_labels).mean())
-    metrics = {
+    training = clf.config.get("training", {})
+    headline = {
         "test_accuracy": result.metrics["test_accuracy"],
         "test_loss": result.metrics["test_loss"],
-        "val_accuracy": val_accuracy,
+        "val_accuracy": _val_accuracy(clf, data, history, tta),
         "best_epoch": training.get("best_epoch"),
         "train_seconds": training.get("train_seconds"),
         "tta": tta,
-        "temperature": result.metrics["temperature"],
-        "test_ece_uncalibrated": result.metrics["test_ece_uncalibrated"],
-        "test_ece": result.metrics["test_ece"],
+        **{k: result.metrics[k] for k in ("temperature", "test_ece_uncalibrated", "test_ece")},
     }
-    write_json(run_dir / "metrics.json", {**metrics, **result.metrics})
-    config["metrics"] = metrics
-    write_json(run_dir / CONFIG, config)
-
-    figures_dir = run_dir / "figures"
-    figures_dir.mkdir(exist_ok=True)
-    train_images, train_labels = data.train_images.numpy(), data.train_labels.numpy()
-    figures = [
-        ("Sample training digits", report.sample_grid(train_images, train_labels, figures_dir / "samples.png", seed=seed)),
-        ("Five random test images: actual vs. predicted", report.prediction_grid(test_images, test_labels, result.preds, figures_dir / "predictions.png", seed=seed)),
-        ("Most confident mistakes", report.mistakes_grid(test_images, test_labels, result.probs, figures_dir / "mistakes.png")),
-        ("Confusion matrix", report.confusion(np.array(result.metrics["confusion_matrix"]), clf.labels, figures_dir / "confusion.png")),
-    ]  # fmt: skip
-    aug = _augmentation(config)
-    if aug is not None:
-        figures.insert(1, ("Augmented training digits (top row: originals)", report.augmentation_grid(
-            train_images, train_labels, aug, figures_dir / "augmentation.png", seed=seed)))  # fmt: skip
-    if history:
-        figures.insert(
-            1,
-            (
-                "Loss and accuracy per epoch",
-                report.curves(history, figures_dir / "curves.png", training.get("best_epoch")),
-            ),
-        )
-    summary = {
-        "architecture": f"{config['architecture']} ({n_params:,} parameters)",
-        "runtime": runtime,
-        "recipe": config.get("recipe") or "-",
-        "epochs completed": training.get("epochs_completed", "-"),
-        "checkpoint kept": f"epoch {training.get('best_epoch')} ({training.get('selection', '-')})",
-        "training time": f"{training.get('train_seconds', 0):.1f} s on {training.get('device', '?')}, {training.get('threads', '?')} threads",
-        "validation accuracy": f"{metrics['val_accuracy']:.4f}" if metrics["val_accuracy"] is not None else "-",
-        "test accuracy": f"{metrics['test_accuracy']:.4f}",
-        "test loss": f"{metrics['test_loss']:.4f}",
-        "test images": f"{len(test_labels):,}",
-        "test-time augmentation": f"yes ({len(clf.model.views)} views)" if tta else "no",
-        "calibration": calibration_line(metrics),
-    }
-    report.write_html(
-        run_dir / "report.html", f"mnist-cnn report: {run_dir.name}", summary,
-        result.metrics["classification_report"], figures, result.metrics["misclassified"],
+    log.info("test accuracy %.4f, test loss %.4f", headline["test_accuracy"], headline["test_loss"])
+    return RunEvaluation(
+        run_dir, {**headline, **result.metrics}, result, clf.config, history, runtime,
+        count_parameters(network), len(clf.model.views) if tta else 0, clf.labels,
     )  # fmt: skip
-    log.info(
-        "test accuracy %.4f, test loss %.4f; report: %s",
-        metrics["test_accuracy"],
-        metrics["test_loss"],
-        run_dir / "report.html",
-    )
-    return {**metrics, **result.metrics}
 
 
-def _augmentation(config: dict):
+def _val_accuracy(clf: BaseClassifier, data: MNIST, history: list[dict], tta: bool) -> float | None:
+    """Validation accuracy of the kept epoch, from training; measured again with TTA or when training kept none."""
+    best_epoch = clf.config.get("training", {}).get("best_epoch")
+    best = next((r for r in history if r["epoch"] == best_epoch), None)
+    val_accuracy = best.get("val_accuracy") if best else None
+    if tta or val_accuracy is None:  # TTA changes what validation accuracy means; an ensemble has no history
+        try:
+            val_images, val_labels = validation_split(clf.config, data)
+        except CalibrationError:  # the folder records no validation split, or none was held out
+            return val_accuracy
+        val_accuracy = float((clf.predict(val_images) == val_labels).mean())
+    return val_accuracy
+
+
+def save_metrics(run: RunEvaluation) -> None:
+    """Write ``metrics.json`` and the headline figures into the folder's ``config.json``."""
+    write_json(run.run_dir / METRICS, run.metrics)
+    ModelFolder(run.run_dir).update(metrics=run.headline)
+
+
+def augmentation_of(config: dict):
     """The run's augmentation if it used one, else None."""
     try:
         aug = TrainConfig(**config["train_config"]).augmentation

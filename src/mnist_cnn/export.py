@@ -18,18 +18,31 @@ import contextlib
 import hashlib
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import MnistCnnError, ModelFolderError
-from .inference import CONFIG, WEIGHTS, BaseClassifier, load_model, read_config, to_model_input, write_json
+from .classifier import OnnxClassifier, require_onnx
+from .errors import MnistCnnError
+from .folder import ONNX_FILE, ModelFolder, atomic_write
+from .inference import load_model
+
+__all__ = [
+    "ONNX_FILE",
+    "OPSET",
+    "TOLERANCE",
+    "ExportError",
+    "OnnxClassifier",
+    "export_onnx",
+    "file_sha256",
+    "verify_onnx",
+]
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 OPSET = 18  # supported by every ONNX Runtime since 1.14
 TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| logit difference accepted by verify_onnx
 
@@ -38,17 +51,6 @@ class ExportError(MnistCnnError):
     """The export failed, or the exported model does not reproduce PyTorch's outputs."""
 
     exit_code = 1
-
-
-def _require_onnx():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime
-    except ImportError:
-        raise MnistCnnError(
-            "ONNX export and the onnxruntime runtime need the 'onnx' extra: pip install 'mnist-cnn[onnx]'"
-        ) from None
-    return onnxruntime
 
 
 def file_sha256(path: Path) -> str:
@@ -79,44 +81,48 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     folder's normalisation first. Uses the ``torch.export``-based exporter (PyTorch's default), and the
     TorchScript one if that fails for an architecture.
     """
-    _require_onnx()
+    require_onnx()
     folder = Path(folder)
     clf = load_model(folder)
     model = clf.model.cpu().eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 1, 28, 28)
-    tmp = folder / f".{ONNX_FILE}.tmp"
-    exporter = "dynamo"
-    try:
-        with _quiet_exporter():
-            torch.onnx.export(
-                model, (example,), tmp, input_names=["images"], output_names=["logits"], opset_version=opset,
-                dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            )  # fmt: skip
-    except Exception as exc:  # the new exporter still misses some ops; the TorchScript one covers them
-        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", exc)
-        exporter = "torchscript"
-        try:
-            with _quiet_exporter():
-                torch.onnx.export(
-                    model, (example,), tmp, input_names=["images"], output_names=["logits"], opset_version=opset,
-                    dynamo=False, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                )  # fmt: skip
-        except Exception as exc2:
-            tmp.unlink(missing_ok=True)
-            raise ExportError(f"cannot export {clf.config['architecture']!r} to ONNX: {exc2}") from None
-    os.replace(tmp, folder / ONNX_FILE)
-    config = read_config(folder)
-    config["onnx"] = {
+    with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; atomic_write moves it in
+        tmp = Path(scratch) / ONNX_FILE
+        exporter = _export(model, example, tmp, opset, clf.config["architecture"])
+        atomic_write(folder / ONNX_FILE, tmp.read_bytes())
+    saved = ModelFolder(folder)
+    saved.update(onnx={
         "file": ONNX_FILE,
         "opset": opset,
         "exporter": exporter,
         "torch": torch.__version__,
-        "weights_sha256": file_sha256(folder / WEIGHTS),
-    }
-    write_json(folder / CONFIG, config)
+        "weights_sha256": saved.weights_sha256(),
+    })  # fmt: skip
     log.info("wrote %s (opset %d, %s exporter)", folder / ONNX_FILE, opset, exporter)
     return folder / ONNX_FILE
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, name: str) -> str:
+    """Write the ONNX graph to ``path``; return which exporter managed it."""
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(
+                model, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
+                dynamo=True, external_data=False, verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            )  # fmt: skip
+        return "dynamo"
+    except Exception as exc:  # the new exporter still misses some ops; the TorchScript one covers them
+        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", exc)
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(
+                model, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
+                dynamo=False, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )  # fmt: skip
+    except Exception as exc:
+        raise ExportError(f"cannot export {name!r} to ONNX: {exc}") from None
+    return "torchscript"
 
 
 def verify_onnx(folder: str | os.PathLike, images, tolerance: float = TOLERANCE, batch_size: int = 1000) -> float:
@@ -129,60 +135,17 @@ def verify_onnx(folder: str | os.PathLike, images, tolerance: float = TOLERANCE,
     onnx_logits = load_model(folder, runtime="onnxruntime").logits(images, batch_size).numpy()
     diff = float(np.abs(torch_logits - onnx_logits).max()) if len(torch_logits) else 0.0
     disagree = int((torch_logits.argmax(1) != onnx_logits.argmax(1)).sum())
-    config = read_config(folder)
-    config.setdefault("onnx", {})["verified"] = {
+    saved = ModelFolder(folder)
+    verified = {
         "images": int(len(torch_logits)),
         "max_abs_logit_diff": diff,
         "tolerance": tolerance,
         "labels_disagree": disagree,
     }
-    write_json(folder / CONFIG, config)
+    saved.update(onnx={**saved.read().get("onnx", {}), "verified": verified})
     if not diff <= tolerance:  # also catches NaN
         raise ExportError(
             f"{folder / ONNX_FILE}: ONNX Runtime differs from PyTorch by up to {diff:.3g} (more than {tolerance:g})"
         )
     log.info("ONNX Runtime matches PyTorch on %d images: max |diff| %.3g, %d labels differ", len(torch_logits), diff, disagree)  # fmt: skip
     return diff
-
-
-class OnnxClassifier(BaseClassifier):
-    """The ONNX Runtime counterpart of :class:`mnist_cnn.inference.Classifier` (same predict methods)."""
-
-    runtime = "onnxruntime"
-    default_batch_size = 1000
-
-    def __init__(self, folder: str | os.PathLike, config: dict | None = None, threads: int | None = None):
-        ort = _require_onnx()
-        folder = Path(folder)
-        self.config = config if config is not None else read_config(folder)
-        path = folder / ONNX_FILE
-        if not path.is_file():
-            raise ModelFolderError(
-                f"{folder} has no {ONNX_FILE}; create it with: mnist-cnn export {folder} --format onnx"
-            )
-        recorded = self.config.get("onnx", {}).get("weights_sha256")
-        if recorded and (folder / WEIGHTS).is_file() and file_sha256(folder / WEIGHTS) != recorded:
-            raise ModelFolderError(
-                f"{path} was exported from other weights than {folder / WEIGHTS}; re-export with: "
-                f"mnist-cnn export {folder} --format onnx"
-            )
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
-            raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
-        self._input = self.session.get_inputs()[0].name
-        self.device = torch.device("cpu")
-
-    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
-        """Raw logits from the exported graph; :meth:`predict_proba` divides them by the temperature."""
-        x = to_model_input(images, self.normalization).numpy()
-        if len(x) == 0:
-            return torch.empty(0, 10)
-        step = batch_size or self.default_batch_size
-        out = [self.session.run(None, {self._input: x[i : i + step]})[0] for i in range(0, len(x), step)]
-        return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))

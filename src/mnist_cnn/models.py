@@ -39,19 +39,32 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered architecture by name; kwargs go to its constructor."""
+    """Build a registered architecture by name; kwargs go to its constructor.
+
+    The network remembers the arguments it was built with, defaults filled in, as ``model_kwargs``
+    (without ``in_channels`` and ``num_classes``), so a saved model folder can record them.
+    """
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
-    return factory(**kwargs)
+    model = factory(**kwargs)
+    model.model_kwargs = _resolved_kwargs(factory, kwargs)
+    return model
+
+
+def _resolved_kwargs(factory: Callable[..., nn.Module], kwargs: dict) -> dict:
+    bound = inspect.signature(factory).bind(**kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in ("in_channels", "num_classes")}
 
 
 def kwargs_from_weights(name: str, state: dict) -> dict:
-    """Constructor arguments that saved weights imply but a model folder may not record.
+    """Constructor arguments that saved weights imply but a format-1 model folder does not record.
 
     The networks with a ``width`` take it from their first convolution, so a folder saved before
-    a default width changed (``best`` was 24 wide, then 32) still loads.
+    a default width changed (``best`` was 24 wide, then 32) still loads. Newer folders record
+    every argument, and the loader does not guess.
     """
     factory = _REGISTRY.get(name)
     first = state.get("features.0.weight")

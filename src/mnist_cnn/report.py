@@ -1,28 +1,42 @@
-"""Figures (matplotlib, Agg backend) and the self-contained HTML report of a run."""
+"""Figures and the self-contained HTML report of an evaluated run.
+
+Figures are drawn on matplotlib's :class:`~matplotlib.figure.Figure` objects, never through
+pyplot, so making a report neither needs a display nor changes the backend of a notebook.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
+import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
-matplotlib.use("Agg")  # never needs a display; called before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from .augment import augment
+from .data import MNIST
+from .evaluate import RunEvaluation, augmentation_of, calibration_line
+from .folder import atomic_write
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def _save(fig: Figure, path: Path) -> Path:
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
+    return atomic_write(path, png.getvalue())
 
 
 def _digit_grid(images: np.ndarray, titles: list[str], path: Path, cols: int, colors: list[str] | None = None) -> Path:
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    fig = Figure(figsize=(1.6 * cols, 1.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
@@ -39,10 +53,6 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, path: Path, n: int = 32,
 
 def augmentation_grid(images: np.ndarray, labels: np.ndarray, aug, path: Path, n: int = 8, seed: int = 0) -> Path:
     """``n`` training digits (top row) and three random augmentations of each below them."""
-    import torch
-
-    from .augment import augment
-
     idx = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
     x = torch.as_tensor(images[idx], dtype=torch.float32)[:, None]
     gen = torch.Generator().manual_seed(seed)
@@ -67,7 +77,8 @@ def mistakes_grid(images, labels, probs, path: Path, n: int = 16) -> Path:
     order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:n]
     titles = [f"#{i}: {labels[i]} as {preds[i]}\np={probs[i, preds[i]]:.3f}" for i in order]
     if len(order) == 0:
-        fig, ax = plt.subplots(figsize=(4, 1))
+        fig = Figure(figsize=(4, 1))
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "no mistakes", ha="center", va="center")
         return _save(fig, path)
@@ -76,7 +87,8 @@ def mistakes_grid(images, labels, probs, path: Path, n: int = 16) -> Path:
 
 def curves(history: list[dict], path: Path, best_epoch: int | None = None) -> Path:
     """Loss and accuracy per epoch, training and validation."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
     for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label=f"training {name}")
@@ -94,7 +106,8 @@ def curves(history: list[dict], path: Path, best_epoch: int | None = None) -> Pa
 
 
 def confusion(matrix: np.ndarray, labels: list[str], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
     ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=True, values_format="d")
     ax.set_title("Confusion matrix (test set)")
     return _save(fig, path)
@@ -130,5 +143,55 @@ th{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h2>Misclassified test images ({len(misclassified)})</h2><p>Indices into the test set: {shown}</p>
 </body></html>
 """
-    path.write_text(page)
+    return atomic_write(path, page)
+
+
+def write_run_report(run: RunEvaluation, data: MNIST, *, seed: int = 0) -> Path:
+    """Draw the run's figures into ``figures/`` and write ``report.html`` with them; return its path.
+
+    ``seed`` chooses which digits the sample and prediction grids show.
+    """
+    figures_dir = run.run_dir / "figures"
+    figures_dir.mkdir(exist_ok=True)
+    path = write_html(
+        run.run_dir / REPORT, f"mnist-cnn report: {run.run_dir.name}", _summary(run, len(data.test_labels)),
+        run.metrics["classification_report"], _figures(run, data, figures_dir, seed), run.metrics["misclassified"],
+    )  # fmt: skip
+    log.info("report: %s", path)
     return path
+
+
+def _figures(run: RunEvaluation, data: MNIST, folder: Path, seed: int) -> list[tuple[str, Path]]:
+    train_images, train_labels = data.train_images.numpy(), data.train_labels.numpy()
+    test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
+    result = run.evaluation
+    best_epoch = run.config.get("training", {}).get("best_epoch")
+    aug = augmentation_of(run.config)
+    figures = [
+        ("Sample training digits", sample_grid(train_images, train_labels, folder / "samples.png", seed=seed)),
+        *([("Loss and accuracy per epoch", curves(run.history, folder / "curves.png", best_epoch))] if run.history else []),
+        *([("Augmented training digits (top row: originals)", augmentation_grid(
+            train_images, train_labels, aug, folder / "augmentation.png", seed=seed))] if aug is not None else []),
+        ("Five random test images: actual vs. predicted", prediction_grid(test_images, test_labels, result.preds, folder / "predictions.png", seed=seed)),
+        ("Most confident mistakes", mistakes_grid(test_images, test_labels, result.probs, folder / "mistakes.png")),
+        ("Confusion matrix", confusion(np.array(run.metrics["confusion_matrix"]), run.labels, folder / "confusion.png")),
+    ]  # fmt: skip
+    return figures
+
+
+def _summary(run: RunEvaluation, test_images: int) -> dict:
+    training, metrics = run.config.get("training", {}), run.metrics
+    return {
+        "architecture": f"{run.config['architecture']} ({run.parameters:,} parameters)",
+        "runtime": run.runtime,
+        "recipe": run.config.get("recipe") or "-",
+        "epochs completed": training.get("epochs_completed", "-"),
+        "checkpoint kept": f"epoch {training.get('best_epoch')} ({training.get('selection', '-')})",
+        "training time": f"{training.get('train_seconds', 0):.1f} s on {training.get('device', '?')}, {training.get('threads', '?')} threads",
+        "validation accuracy": f"{metrics['val_accuracy']:.4f}" if metrics["val_accuracy"] is not None else "-",
+        "test accuracy": f"{metrics['test_accuracy']:.4f}",
+        "test loss": f"{metrics['test_loss']:.4f}",
+        "test images": f"{test_images:,}",
+        "test-time augmentation": f"yes ({run.tta_views} views)" if run.tta_views else "no",
+        "calibration": calibration_line(metrics),
+    }  # fmt: skip

@@ -11,7 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import MnistCnnError
+from .errors import MnistCnnError, ModelFolderError
+from .folder import ModelFolder
 
 COLUMNS = ("run", "recipe", "model", "epochs", "val_acc", "test_acc", "time_s", "date", "status")
 
@@ -38,7 +39,10 @@ def _read_json(path: Path):
 
 def read_run(folder: Path) -> RunRow | None:
     """One row for a run folder, or None when ``folder`` holds no run."""
-    config = _read_json(folder / "config.json")
+    try:
+        config = ModelFolder(folder).read()
+    except ModelFolderError:
+        config = None
     metrics = _read_json(folder / "metrics.json")
     history = _read_json(folder / "history.json")
     has_checkpoints = (folder / "checkpoints").is_dir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ from .checkpoint import CheckpointError, Checkpoints
 from .config import TrainConfig
 from .data import MNIST, split_validation
 from .errors import MnistCnnError, ModelFolderError
-from .inference import MNIST_NORMALIZATION, save_model, to_model_input, versions, write_json
+from .folder import MNIST_NORMALIZATION, atomic_write, read_config, save_model, versions, write_json
+from .inference import to_model_input
 from .loop import FitResult, fit, steps_per_epoch
 from .models import count_parameters, create_model, list_models
 from .reproducibility import git_commit, package_versions, seed_everything
@@ -44,12 +46,11 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_json(run_dir / "history.json", history)
     if history:
         columns = list(dict.fromkeys(k for row in history for k in row))
-        tmp = run_dir / ".history.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
-        os.replace(tmp, run_dir / "history.csv")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write(run_dir / "history.csv", table.getvalue())
 
 
 @dataclass
@@ -156,8 +157,8 @@ class RunFinishedError(MnistCnnError):
 
 def _was_interrupted(run_dir: Path) -> bool:
     try:
-        return bool(json.loads((run_dir / "config.json").read_text())["training"]["interrupted"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return bool(read_config(run_dir)["training"]["interrupted"])
+    except (MnistCnnError, KeyError, TypeError):
         return True  # unreadable: let the checkpoints decide
 
 

@@ -1,0 +1,196 @@
+"""Classifying: the objects that turn images into digits, one per runtime.
+
+:class:`Classifier` wraps a PyTorch network, :class:`OnnxClassifier` an exported ``model.onnx`` run
+by ONNX Runtime; both share :class:`BaseClassifier`'s predict methods, and both read their labels,
+normalisation and temperature from the folder's config. :func:`mnist_cnn.load_model` builds them
+from a model folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from .averaging import TTA
+from .errors import MnistCnnError, ModelFolderError
+from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder
+from .runtime import select_device
+
+
+def to_model_input(images, normalization: dict = MNIST_NORMALIZATION) -> torch.Tensor:
+    """Check and convert images to the float tensor a model takes, shaped (N, 1, 28, 28).
+
+    Accepts numpy arrays or tensors shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28): uint8 (or
+    other integers) in 0-255, or floats in 0-1.
+    """
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    shape = tuple(x.shape)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"images must be shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28); got {shape}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"images must be uint8 in 0-255 or float in 0-1; got {x.dtype}")
+    if x.numel() and not x.is_floating_point():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer images must be in 0-255; got values from {lo} to {hi}")
+        x = x.float() / 255.0
+    elif x.numel():
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"float images must be in 0-1; got values from {lo:g} to {hi:g} (divide by 255, or pass uint8)"
+            )
+    else:
+        x = x.float()
+    return (x - normalization["mean"]) / normalization["std"]
+
+
+# Images per forward pass when predicting many: on a CPU, chunks of a few hundred stay in cache and
+# beat chunks of 1,000 (benchmarks/inference.py); the results do not depend on it beyond float rounding.
+BATCH_SIZE = 256
+
+
+@torch.inference_mode()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """Logits of ``model`` on normalised inputs, computed in eval mode in batches; on x's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        if len(x) == 0:
+            return torch.empty(0, 10, device=x.device)
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+class BaseClassifier:
+    """What every runtime shares: labels, normalisation and temperature from ``config.json``, and
+    predictions built on a subclass's :meth:`logits`."""
+
+    runtime = ""
+    default_batch_size = BATCH_SIZE
+    config: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.get("labels", LABELS)
+
+    @property
+    def normalization(self) -> dict:
+        return self.config.get("normalization", MNIST_NORMALIZATION)
+
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before the softmax; fitted on the validation split by ``mnist-cnn calibrate`` (1.0: not calibrated)."""
+        return float((self.config.get("calibration") or {}).get("temperature") or 1.0)
+
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_proba(self, images, batch_size: int | None = None) -> np.ndarray:
+        """Calibrated class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
+        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
+
+    def predict(self, images, batch_size: int | None = None) -> np.ndarray:
+        """Predicted digit per image, shaped (N,)."""
+        return self.logits(images, batch_size).argmax(dim=1).numpy()
+
+    def __repr__(self) -> str:
+        acc = self.config.get("metrics", {}).get("test_accuracy")
+        return f"{type(self).__name__}({self.config.get('architecture')!r}, test_accuracy={acc})"
+
+
+class Classifier(BaseClassifier):
+    """A trained model ready to predict: wraps the network and its ``config.json``."""
+
+    runtime = "torch"
+
+    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu"):
+        self.device = select_device(device) if isinstance(device, str) else device
+        self.config = config
+        # Channels-last (NHWC) convolutions are 1.3-4x faster on the CPU here (benchmarks/inference.py).
+        self.channels_last = self.device.type == "cpu"
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def tta(self) -> bool:
+        """Whether each prediction averages several views of the image (``load_model(..., tta=True)``)."""
+        return isinstance(self.model, TTA)
+
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
+        """Raw logits, shaped (N, 10), before the temperature."""
+        x = to_model_input(images, self.normalization).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return batched_logits(self.model, x, batch_size or self.default_batch_size).cpu()
+
+
+def require_onnx():
+    """The onnxruntime module, or an error saying which extra installs it."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise MnistCnnError(
+            "ONNX export and the onnxruntime runtime need the 'onnx' extra: pip install 'mnist-cnn[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+class OnnxClassifier(BaseClassifier):
+    """The ONNX Runtime counterpart of :class:`Classifier` (same predict methods)."""
+
+    runtime = "onnxruntime"
+    default_batch_size = 1000
+
+    def __init__(self, folder: str | os.PathLike, config: dict | None = None, threads: int | None = None):
+        ort = require_onnx()
+        saved = ModelFolder(folder)
+        folder = saved.path
+        self.config = config if config is not None else saved.read()
+        path = folder / ONNX_FILE
+        if not path.is_file():
+            raise ModelFolderError(
+                f"{folder} has no {ONNX_FILE}; create it with: mnist-cnn export {folder} --format onnx"
+            )
+        recorded = self.config.get("onnx", {}).get("weights_sha256")
+        if recorded and saved.weights_path.is_file() and saved.weights_sha256() != recorded:
+            raise ModelFolderError(
+                f"{path} was exported from other weights than {saved.weights_path}; re-export with: "
+                f"mnist-cnn export {folder} --format onnx"
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
+            raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
+        self._input = self.session.get_inputs()[0].name
+        self.device = torch.device("cpu")
+
+    def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
+        """Raw logits from the exported graph; :meth:`predict_proba` divides them by the temperature."""
+        x = to_model_input(images, self.normalization).numpy()
+        if len(x) == 0:
+            return torch.empty(0, 10)
+        step = batch_size or self.default_batch_size
+        out = [self.session.run(None, {self._input: x[i : i + step]})[0] for i in range(0, len(x), step)]
+        return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
+
+
+RUNTIMES = (Classifier.runtime, OnnxClassifier.runtime)  # what `--runtime` accepts

@@ -1,0 +1,174 @@
+"""The saved-model folder, and the one way this project writes a file.
+
+A model folder holds ``model.safetensors`` (the weights, no pickle) and ``config.json`` (the
+architecture and the arguments it was built with, input normalisation, label names, metrics and
+versions), so the loader rebuilds the exact network. :class:`ModelFolder` is the only code that
+reads or writes ``config.json``; :func:`atomic_write` is how every file is written (a crash leaves
+the old file or the new one, never half of one).
+
+Format versions:
+
+1. ``model_kwargs`` was always ``{}``; the loader took a network's ``width`` from its first convolution.
+2. ``model_kwargs`` holds every constructor argument the network was built with (defaults filled in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ._version import __version__
+from .errors import ModelFolderError
+
+FORMAT_VERSION = 2
+WEIGHTS, CONFIG, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
+ENSEMBLE, MEMBERS = "ensemble", "members"  # an ensemble folder's architecture, and where its members' folders go
+LABELS = [str(d) for d in range(10)]
+# Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
+MNIST_NORMALIZATION = {"mean": 0.1307, "std": 0.3081}
+
+
+def versions() -> dict:
+    return {
+        "mnist_cnn": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is written as UTF-8) to ``path``: a temporary file in the same folder,
+    flushed to disk, then renamed over ``path``, so a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # checkpoint.py sweeps other processes' leftovers
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as indented JSON through :func:`atomic_write`."""
+    return atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+class ModelFolder:
+    """One saved model: ``ModelFolder("runs/basic").read()`` gives its config as a dict.
+
+    >>> folder = ModelFolder("runs/basic")                          # doctest: +SKIP
+    >>> folder.update(calibration={"temperature": 1.2})             # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config_path = self.path / CONFIG
+        self.weights_path = self.path / WEIGHTS
+
+    def __repr__(self) -> str:
+        return f"ModelFolder({str(self.path)!r})"
+
+    def save(self, model: nn.Module, config: dict) -> Path:
+        """Write the weights and ``config.json``; ``config`` must name the architecture.
+
+        The constructor arguments come from the network (:func:`mnist_cnn.models.create_model`
+        records them as ``model.model_kwargs``), or else from ``config["model_kwargs"]``.
+        """
+        if "architecture" not in config:
+            raise ValueError("the config of a saved model must name its architecture")
+        kwargs = getattr(model, "model_kwargs", config.get("model_kwargs"))
+        if kwargs is None:
+            raise ValueError("save a network built by create_model, or pass its constructor arguments as model_kwargs")
+        full = {
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_shape": [1, 28, 28],
+            "normalization": MNIST_NORMALIZATION,
+            "labels": LABELS,
+            "versions": versions(),
+            **config,
+            "format_version": FORMAT_VERSION,
+            "model_kwargs": dict(kwargs),
+        }
+        self.path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(self.weights_path, safetensors_bytes(state, metadata={"architecture": full["architecture"]}))
+        self.write(full)
+        return self.path
+
+    def read(self) -> dict:
+        """The folder's ``config.json``; raises :class:`ModelFolderError` saying what is wrong with it."""
+        if not self.path.is_dir():
+            raise ModelFolderError(f"model folder {self.path} does not exist (train one with: mnist-cnn train)")
+        try:
+            config = json.loads(self.config_path.read_text())
+        except FileNotFoundError:
+            raise ModelFolderError(f"{self.path} is not a model folder: it has no {CONFIG}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFolderError(f"{self.config_path} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict) or "architecture" not in config:
+            raise ModelFolderError(f"{self.config_path} does not name an architecture")
+        version = config.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFolderError(f"{self.config_path} was written by a newer mnist-cnn (format {version}); upgrade")
+        return config
+
+    def write(self, config: dict) -> None:
+        """Replace ``config.json`` with ``config``."""
+        write_json(self.config_path, config)
+
+    def update(self, **sections) -> dict:
+        """Set top-level sections of ``config.json`` (e.g. ``metrics=...``), keep the rest; return the new config."""
+        config = {**self.read(), **sections}
+        self.write(config)
+        return config
+
+    def read_weights(self) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(self.weights_path)
+        except FileNotFoundError:
+            raise ModelFolderError(f"{self.path} has no {WEIGHTS}") from None
+        except (SafetensorError, OSError) as exc:
+            raise ModelFolderError(f"{self.weights_path} is damaged: {exc}") from None
+
+    def weights_sha256(self) -> str:
+        return hashlib.sha256(self.weights_path.read_bytes()).hexdigest()
+
+
+def save_model(folder: str | os.PathLike, model: nn.Module, config: dict) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (``config`` must name the architecture); see :meth:`ModelFolder.save`."""
+    return ModelFolder(folder).save(model, config)
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """The model folder's ``config.json``; see :meth:`ModelFolder.read`."""
+    return ModelFolder(folder).read()
