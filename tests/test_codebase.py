@@ -137,8 +137,9 @@ def test_no_import_cycles():
 
 def test_the_checks_read_the_real_package():
     graph = import_graph(PACKAGE)
-    assert {"mnist_cnn", "mnist_cnn.models", "mnist_cnn.cli"} <= set(graph)
-    assert graph.has_edge("mnist_cnn.cli", "mnist_cnn.config")
+    assert {"mnist_cnn", "mnist_cnn.models", "mnist_cnn.cli", "mnist_cnn.cli.training"} <= set(graph)
+    assert graph.has_edge("mnist_cnn.cli", "mnist_cnn.cli.training")
+    assert graph.has_edge("mnist_cnn.cli.training", "mnist_cnn.config")
 
 
 # The checks themselves, on a small package written for each test.

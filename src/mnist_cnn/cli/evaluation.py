@@ -1,0 +1,131 @@
+"""The commands that start from a trained model folder: ``evaluate``, ``calibrate``, ``ensemble``, ``export``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import (
+    _add_data_flags,
+    _add_inference_runtime_flag,
+    _add_runtime_flags,
+    _add_tta_flag,
+    _evaluate_steps,
+    _load_data,
+)
+
+
+def add_evaluate(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="evaluate a saved model on the test set; rewrite its metrics and report"
+    )
+    p.add_argument("run", type=Path, help="run (model) folder")
+    _add_tta_flag(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+    _add_inference_runtime_flag(p)
+
+
+def add_ensemble(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "ensemble", parents=[common], help="combine model folders into one ensemble model folder and evaluate it"
+    )
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="two or more run (model) folders")
+    p.add_argument("--out", type=Path, required=True, help="ensemble folder to write (required; no default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder (default: refuse)")
+    _add_tta_flag(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+
+
+def add_export(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "export", parents=[common], help="export a saved model to ONNX and check it against PyTorch on the test set"
+    )
+    p.add_argument("run", type=Path, help="run (model) folder; model.onnx is written into it")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest |ONNX Runtime - PyTorch| logit difference accepted on the test set (default: 1e-4)")  # fmt: skip
+    _add_data_flags(p)
+
+
+def add_calibrate(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "calibrate", parents=[common],
+        help="fit the temperature on the run's validation split; report the test-set calibration error before and after",
+    )  # fmt: skip
+    p.add_argument("run", type=Path, help="run (model) folder")
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+
+
+def cmd_evaluate(args) -> int:
+    from ..inference import load_model, read_config
+    from ..runtime import configure_threads
+
+    read_config(args.run)  # a clear error before the data is loaded
+    configure_threads(args.threads)
+    if args.runtime != "torch":
+        load_model(
+            args.run, runtime=args.runtime, tta=args.tta
+        )  # a clear error (e.g. no model.onnx) before the data is loaded
+    return _evaluate_and_print(args.run, _load_data(args), args)
+
+
+def _evaluate_and_print(run: Path, data, args) -> int:
+    from ..evaluate import format_metrics
+
+    runtime = getattr(args, "runtime", "torch")
+    metrics = _evaluate_steps(run, data, device=args.device, tta=args.tta, runtime=runtime)
+    print(format_metrics(metrics), end="\n\n")
+    val = f"validation {metrics['val_accuracy']:.4f}, " if metrics["val_accuracy"] is not None else ""
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
+          f"({val}{len(metrics['misclassified'])} of {metrics['test_images']} misclassified"
+          f"{', with test-time augmentation' if args.tta else ''})")  # fmt: skip
+    print(f"report: {run / 'report.html'}")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from ..ensemble import make_ensemble
+    from ..runtime import configure_threads
+
+    configure_threads(args.threads)
+    data = _load_data(args)  # a clear error before anything is written
+    out = make_ensemble(args.runs, args.out, overwrite=args.overwrite)
+    print(f"wrote ensemble of {len(args.runs)} models: {out}")
+    return _evaluate_and_print(out, data, args)
+
+
+def cmd_calibrate(args) -> int:
+    from ..calibrate import calibrate_run
+    from ..evaluate import calibration_line
+    from ..inference import read_config
+    from ..runtime import configure_threads
+
+    read_config(args.run)
+    configure_threads(args.threads)
+    data = _load_data(args)
+    record = calibrate_run(args.run, data, device=args.device)
+    metrics = _evaluate_steps(args.run, data, device=args.device, calibrate=False)
+    print(f"temperature {record['temperature']:.4f}, fitted on the {record['fitted_on']}")
+    print(f"validation: NLL {record['val_nll_before']:.4f} -> {record['val_nll_after']:.4f}, "
+          f"ECE {record['val_ece_before']:.4f} -> {record['val_ece_after']:.4f}")  # fmt: skip
+    print(calibration_line(metrics))
+    print(f"saved in {args.run / 'config.json'}; report: {args.run / 'report.html'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..export import export_onnx, verify_onnx
+    from ..inference import read_config
+
+    read_config(args.run)  # a clear error before the data is loaded
+    path = export_onnx(args.run, opset=args.opset)
+    data = _load_data(args)
+    diff = verify_onnx(args.run, data.test_images.numpy(), tolerance=args.tolerance)
+    print(f"wrote {path}")
+    print(f"ONNX Runtime matches PyTorch on the {len(data.test_images):,} test images: "
+          f"max |logit difference| {diff:.2e} (tolerance {args.tolerance:g})")  # fmt: skip
+    return 0

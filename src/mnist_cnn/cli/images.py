@@ -1,0 +1,243 @@
+"""The commands that read the user's images: ``predict``, ``read`` and ``preprocess``, with the batch
+machinery ``predict`` and ``read`` share (one row per image, a failure counted, the batch goes on)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from ..config import DEFAULT_MIN_CONFIDENCE
+from ..errors import MnistCnnError
+from .common import _add_inference_runtime_flag, _add_runtime_flags, _add_tta_flag, log
+
+
+def _add_model_and_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, nargs="?", default=None,
+                   help="run (model) folder, when the first argument is one (default: the model that ships with mnist-cnn)")  # fmt: skip
+    p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
+
+
+def _add_min_confidence_flag(p: argparse.ArgumentParser, below: str) -> None:
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE, metavar="P",
+                   help=f"below this probability {below} (default: {DEFAULT_MIN_CONFIDENCE})")  # fmt: skip
+
+
+def _add_batch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["text", "csv", "jsonl"], default=None,
+                   help="output: readable lines, CSV, or JSON Lines (default: text)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="the same as --format jsonl (default: off)")
+    p.add_argument("--out", type=Path, default=None, help="write the results to this file (default: standard output)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: shown on a terminal for many files)"
+    )
+
+
+def add_predict(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("predict", parents=[common], help="predict the digit in image files or folders (PNG, JPEG, ...)")
+    _add_model_and_images(p)
+    _add_min_confidence_flag(p, "the answer is 'not sure — is this a digit?' (best guess still shown)")
+    _add_batch_flags(p)
+    _add_tta_flag(p)
+    _add_runtime_flags(p)
+    _add_inference_runtime_flag(p)
+
+
+def add_read(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "read", parents=[common], help="read the number(s) in images: every digit, left to right, line by line"
+    )
+    _add_model_and_images(p)
+    _add_min_confidence_flag(p, "digits are shown as '?'")
+    _add_batch_flags(p)
+    _add_tta_flag(p)
+    _add_runtime_flags(p)
+
+
+def add_preprocess(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "preprocess", parents=[common], help="show what the model sees: an image in MNIST format (28x28)"
+    )
+    p.add_argument("image", type=Path, help="image file")
+    p.add_argument("--out", type=Path, default=None, help="PNG file to write the 28x28 result to (default: none)")
+    p.add_argument(
+        "--json", action="store_true", help="print the record of what was done as JSON (default: readable lines)"
+    )
+
+
+def _is_model_folder(path: Path) -> bool:
+    from ..inference import CONFIG
+
+    return (path / CONFIG).is_file()
+
+
+def _choose_model(args) -> None:
+    """RUN is optional: the first argument is the model folder when it is one; else the images start
+    there and the default model reads them (said on standard error, as -q allows)."""
+    from ..default_model import describe
+    from ..inference import default_model_dir, read_config
+
+    if args.run is not None and not _is_model_folder(args.run):
+        args.run, args.images = None, [args.run, *args.images]
+    if args.run is None:
+        if len(args.images) == 1 and _is_model_folder(args.images[0]):
+            raise ValueError(f"{args.images[0]} is a model folder: name the images to read after it")
+        args.run = default_model_dir()
+        log.info("using the default model %s", describe(read_config(args.run)))
+
+
+def _check_min_confidence(args) -> None:
+    if not 0 <= args.min_confidence <= 1:
+        raise ValueError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+
+
+class _Output:
+    """Rows to standard output or a file, as readable lines, CSV or JSON Lines."""
+
+    def __init__(self, args, columns: list[str]):
+        self.format = "jsonl" if args.json else args.format or "text"
+        self.columns = columns
+        self.file = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+        self.csv = None
+        if self.format == "csv":
+            import csv
+
+            self.csv = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
+            self.csv.writeheader()
+
+    def write(self, row: dict, text: str) -> None:
+        if self.format == "jsonl":
+            self.file.write(json.dumps(row) + "\n")
+        elif self.csv is not None:
+            flat = {**row, **{f"p{d}": p for d, p in enumerate(row.get("probabilities") or [])}}
+            self.csv.writerow({k: ("" if flat.get(k) is None else flat[k]) for k in self.columns})
+        else:
+            self.file.write(text + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not sys.stdout:
+            self.file.close()
+
+
+def _batch(args, columns: list[str], handle) -> int:
+    """Run ``handle(path) -> (row, text)`` on every image; count failures, never stop the batch."""
+    from tqdm.auto import tqdm
+
+    from ..preprocess import find_images
+
+    paths = find_images(args.images)
+    out = _Output(args, columns)
+    failures = 0
+    bar = tqdm(
+        paths, unit="image", disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty(), file=sys.stderr
+    )
+    try:
+        for path in bar:
+            try:
+                row, text = handle(path)
+            except MnistCnnError as exc:  # one bad file is reported and counted, the batch goes on
+                failures += 1
+                bar.write(f"error: {exc}", file=sys.stderr)
+                row, text = {"file": str(path), "error": str(exc)}, f"{path}: error: {exc}"
+            out.write(row, text)
+    finally:
+        bar.close()
+        out.close()
+    if failures:
+        print(f"{failures} of {len(paths)} file(s) could not be read", file=sys.stderr)
+    if args.out:
+        print(f"wrote {len(paths)} result(s) to {args.out}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _classifier(args):
+    from ..inference import load_model
+    from ..runtime import configure_threads
+
+    _choose_model(args)
+    configure_threads(args.threads)
+    return load_model(
+        args.run,
+        device="cpu" if args.device == "auto" else args.device,
+        runtime=getattr(args, "runtime", "torch"),
+        tta=getattr(args, "tta", False),
+    )
+
+
+def cmd_predict(args) -> int:
+    """One digit per image. ``uncertain``: the best guess is below --min-confidence; ``not_a_digit``: the
+    answer to "is this a digit?" is no (no ink found) or not sure (uncertain). A guess is always shown."""
+    import numpy as np
+
+    from ..preprocess import NoDigitError, preprocess_image
+
+    _check_min_confidence(args)
+    clf = _classifier(args)
+
+    def handle(path):
+        try:
+            image = preprocess_image(path).array
+        except NoDigitError:
+            row = {"file": str(path), "label": None, "uncertain": None, "not_a_digit": True, "no_digit": True}
+            return row, f"{path}: no digit found"
+        probs = clf.predict_proba(image)[0]
+        label = int(np.argmax(probs))
+        uncertain = bool(probs[label] < args.min_confidence)
+        row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
+               "probabilities": [round(float(p), 6) for p in probs], "uncertain": uncertain, "not_a_digit": uncertain}  # fmt: skip
+        guess = f"{clf.labels[label]} (p={probs[label]:.3f})"
+        return row, f"{path}: not sure — is this a digit? best guess {guess}" if uncertain else f"{path}: {guess}"
+
+    columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "uncertain", "not_a_digit", "no_digit",
+               "error"]  # fmt: skip
+    return _batch(args, columns, handle)
+
+
+def cmd_read(args) -> int:
+    from ..reading import read_digits
+
+    _check_min_confidence(args)
+    clf = _classifier(args)
+
+    def handle(path):
+        reading = read_digits(clf, path, min_confidence=args.min_confidence)
+        row = {"file": str(path), **reading.to_dict()}
+        if not reading.found:
+            return row, f"{path}: no digit found"
+        row["count"] = len(reading.digits)
+        row["min_digit_confidence"] = round(min(d.confidence for d in reading.digits), 6)
+        row["uncertain"] = sum(d.uncertain for d in reading.digits)
+        confidences = " ".join(f"{d.confidence:.2f}" for d in reading.digits)
+        return row, f"{path}: {' / '.join(reading.lines)}  (confidence per digit: {confidences})"
+
+    columns = ["file", "text", "found", "count", "uncertain", "min_digit_confidence", "error"]
+    return _batch(args, columns, handle)
+
+
+def cmd_preprocess(args) -> int:
+    from PIL import Image
+
+    from ..folder import atomic_write
+    from ..preprocess import preprocess_image
+
+    result = preprocess_image(args.image)
+    if args.out:
+        png = io.BytesIO()
+        Image.fromarray(result.array).save(
+            png, format=Image.registered_extensions().get(args.out.suffix.lower(), "PNG")
+        )
+        atomic_write(args.out, png.getvalue())
+    record = result.record.to_dict()
+    if args.json:
+        print(json.dumps(record))
+    else:
+        width = max(map(len, record))
+        for key, value in record.items():
+            if value not in (None, [], ""):
+                print(f"{key:<{width}}  {value}")
+    if args.out:
+        print(f"wrote {args.out} (28x28, white digit on black: what the model sees)", file=sys.stderr)
+    return 0
