@@ -32,7 +32,7 @@ class NotAnImageError(ImageError):
 
 
 class FormatNotAcceptedError(NotAnImageError):
-    """An image in a format outside :attr:`mnist_cnn.preprocess.ImageLimits.formats` (the service accepts a few)."""
+    """An image in a format outside :attr:`mnist_cnn.decode.ImageLimits.formats` (the service accepts a few)."""
 
     def __init__(self, name: str, format: str | None, accepted):
         self.format, self.accepted = format or "?", sorted(accepted)
@@ -40,7 +40,7 @@ class FormatNotAcceptedError(NotAnImageError):
 
 
 class TooManyPixelsError(ImageError):
-    """More pixels than :attr:`mnist_cnn.preprocess.ImageLimits.max_pixels`, refused from the header before decoding.
+    """More pixels than :attr:`mnist_cnn.decode.ImageLimits.max_pixels`, refused from the header before decoding.
 
     ``width`` and ``height`` are None when Pillow's own decompression-bomb check refused the file first.
     """

@@ -45,7 +45,7 @@ from .training import (
     torch_device,
 )
 
-__all__ = ["COMMANDS", "build_parser", "main", "torch_device"]
+__all__ = ["COMMANDS", "SUBPARSERS", "build_parser", "main", "torch_device"]
 
 # The order of `mnist-cnn --help`.
 SUBPARSERS = (
