@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .averaging import TTA
-from .errors import MnistCnnError, ModelFolderError
+from .errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder
 from .runtime import select_device
 
@@ -99,11 +99,21 @@ class BaseClassifier:
 
     def predict_proba(self, images, batch_size: int | None = None) -> np.ndarray:
         """Calibrated class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
-        return torch.softmax(self.logits(images, batch_size) / self.temperature, dim=1).numpy()
+        return torch.softmax(self._finite_logits(images, batch_size) / self.temperature, dim=1).numpy()
 
     def predict(self, images, batch_size: int | None = None) -> np.ndarray:
         """Predicted digit per image, shaped (N,)."""
-        return self.logits(images, batch_size).argmax(dim=1).numpy()
+        return self._finite_logits(images, batch_size).argmax(dim=1).numpy()
+
+    def _finite_logits(self, images, batch_size: int | None) -> torch.Tensor:
+        """Logits, or NonFiniteOutputError: a NaN is no answer, and argmax or softmax would hide it."""
+        logits = self.logits(images, batch_size)
+        if not torch.isfinite(logits).all():
+            raise NonFiniteOutputError(
+                f"the model {self.config.get('architecture')!r} gave NaN or infinite outputs: its weights or"
+                " normalisation are broken; train or export it again"
+            )
+        return logits
 
     def __repr__(self) -> str:
         acc = self.config.get("metrics", {}).get("test_accuracy")

@@ -8,6 +8,7 @@ line (``mnist-cnn train --recipe deep --epochs 5``), and the resolved config is 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .augment import Augmentation
@@ -18,6 +19,7 @@ LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
 # /v1/read, `uncertain` and `not_a_digit` in /v1/predict. One value for the CLI, the library and the service.
 DEFAULT_MIN_CONFIDENCE = 0.5
+MAX_THREADS = 1024  # more threads than any machine has cores is a typo, and asks for memory per thread
 
 
 def _help(text: str) -> dict:
@@ -163,6 +165,7 @@ class TrainConfig:
         from .data import parse_val_split
         from .models import list_models
 
+        _check_numbers(self)
         if self.model not in list_models():
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -205,6 +208,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_numbers(settings) -> None:
+    """Every numeric field of a config dataclass is a finite number of its declared kind (``inf`` and ``nan``
+    parse as floats, and would train or serve garbage without a word)."""
+    for f in dataclasses.fields(settings):
+        value, kind = getattr(settings, f.name), str(f.type)
+        if kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{f.name} must be a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
 def validation_seed(train_config: dict) -> int:
@@ -300,11 +314,14 @@ class ServeSettings:
     access_log: bool = field(default=True, metadata={"help": "one JSON line per request on the 'mnist_cnn.access' logger"})  # fmt: skip
 
     def __post_init__(self):
+        _check_numbers(self)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         for name in ("threads", "max_body_bytes", "max_image_pixels", "max_batch", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.threads > MAX_THREADS:
+            raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
         if self.batch_wait_ms < 0 or self.retry_after_s < 0:
             raise ValueError("batch_wait_ms and retry_after_s must not be negative")
         if not 0 <= self.min_confidence <= 1:

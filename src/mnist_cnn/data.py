@@ -357,6 +357,8 @@ def parse_val_split(value: str | int | float) -> int | float:
         raise ValueError(f"validation split must be a count or a fraction, got {value!r}") from None
     if not math.isfinite(number):
         raise ValueError(f"validation split must be a count or a fraction, got {value!r}")
+    if number == 1 and not _integer_spelling(value):
+        raise ValueError(f"validation split {value!r}: 1.0 is ambiguous: give a count or a fraction below 1")
     if 0 < number < 1:
         return number
     if number >= 1 and number == int(number):
@@ -364,6 +366,13 @@ def parse_val_split(value: str | int | float) -> int | float:
     if number == 0:
         return 0
     raise ValueError(f"validation split must be a count >= 0 or a fraction in (0, 1), got {value!r}")
+
+
+def _integer_spelling(value) -> bool:
+    """True for 1 and "1", False for 1.0 and "1.0" (is it a count or all of the set?)."""
+    if isinstance(value, str):
+        return value.strip().lstrip("+").isdigit()
+    return isinstance(value, int)
 
 
 def split_validation(n: int, val_split: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,3 +56,15 @@ class NoDigitError(ImageError):
 
 class TooManyMarksError(NoDigitError):
     """So many separate marks that the image does not look like a number (``mnist_cnn.reading.MAX_DIGITS``)."""
+
+
+class TrainingDivergedError(MnistCnnError):
+    """The training loss became NaN or infinite: the weights are garbage, so the run stops instead of saving them."""
+
+    exit_code = 2
+
+
+class NonFiniteOutputError(MnistCnnError):
+    """A model gave NaN or infinite probabilities (broken weights, a zero normalisation std): no answer, not a wrong one."""
+
+    exit_code = 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -135,11 +136,11 @@ class ModelFolder:
             raise ModelFolderError(f"{self.path} is not a model folder: it has no {CONFIG}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelFolderError(f"{self.config_path} is not valid JSON: {exc}") from None
-        if not isinstance(config, dict) or "architecture" not in config:
+        if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
             raise ModelFolderError(f"{self.config_path} does not name an architecture")
-        version = config.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ModelFolderError(f"{self.config_path} was written by a newer mnist-cnn (format {version}); upgrade")
+        problem = _problem(config)
+        if problem:
+            raise ModelFolderError(f"{self.config_path}: {problem}")
         return config
 
     def write(self, config: dict) -> None:
@@ -162,6 +163,44 @@ class ModelFolder:
 
     def weights_sha256(self) -> str:
         return hashlib.sha256(self.weights_path.read_bytes()).hexdigest()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Shapes no network of this project has: a config that asks for them is damaged, not ambitious.
+LIMITS = {"in_channels": (1, 64), "num_classes": (2, 10_000)}
+
+
+def _problem(config: dict) -> str | None:
+    """What is wrong with the fields of a read ``config.json`` that the loaders use, or None."""
+    version = config.get("format_version", FORMAT_VERSION)
+    if not _is_int(version):
+        return f"format_version must be an integer, got {version!r}"
+    if version > FORMAT_VERSION:
+        return f"written by a newer mnist-cnn (format {version}); upgrade"
+    for name, (lo, hi) in LIMITS.items():
+        value = config.get(name, lo)
+        if not _is_int(value) or not lo <= value <= hi:
+            return f"{name} must be an integer from {lo} to {hi}, got {value!r}"
+    norm = config.get("normalization", MNIST_NORMALIZATION)
+    if not isinstance(norm, dict) or not _is_number(norm.get("mean")) or not _is_number(norm.get("std")):
+        return f"normalization must hold a finite mean and std, got {norm!r}"
+    if norm["std"] <= 0:
+        return f"normalization std must be above 0, got {norm['std']!r}"
+    calibration = config.get("calibration") or {}
+    temperature = calibration.get("temperature") if isinstance(calibration, dict) else calibration
+    if temperature is not None and (not _is_number(temperature) or temperature <= 0):
+        return f"calibration temperature must be a finite number above 0, got {temperature!r}"
+    for name in ("model_kwargs", "versions", "metrics"):
+        if name in config and not isinstance(config[name], dict) and not (name == "metrics" and config[name] is None):
+            return f"{name} must be a JSON object, got {config[name]!r}"
+    return None
 
 
 def save_model(folder: str | os.PathLike, model: nn.Module, config: dict) -> Path:

@@ -27,6 +27,7 @@ from .augment import Augmentation
 from .callbacks import Callback, ProgressBar, call
 from .checkpoint import rng_states, set_rng_states
 from .config import TrainConfig
+from .errors import TrainingDivergedError
 from .inference import batched_logits
 from .runtime import autocast, uses_bf16
 
@@ -317,6 +318,16 @@ def _keep_if_best(state: TrainState, row: dict) -> None:
         state.best_state = {k: v.detach().clone() for k, v in state.kept.state_dict().items()}
 
 
+def _check_finite(row: dict) -> None:
+    """Stop a run whose loss is NaN or infinite: its weights are garbage, and nothing later would say so."""
+    losses = {k: row[k] for k in ("train_loss", "val_loss") if k in row}
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise TrainingDivergedError(
+            f"training diverged in epoch {row['epoch']}: {', '.join(f'{k} {v}' for k, v in losses.items())};"
+            " lower --lr (or --warmup more steps) and train again"
+        )
+
+
 def _end_epoch(state: TrainState, val, epoch_start: float) -> None:
     """The epoch's history row (validation included), the best weights kept, and on to the next epoch."""
     _sync_processes(state)
@@ -328,6 +339,7 @@ def _end_epoch(state: TrainState, val, epoch_start: float) -> None:
     if val is not None:
         row["val_loss"], row["val_accuracy"] = _evaluate(state.kept, *val, config.eval_batch_size)
     row["elapsed"] = state.clock.seconds()
+    _check_finite(row)
     _keep_if_best(state, row)
     state.history.append(row)
     log.info(

@@ -28,3 +28,8 @@ def error_response(exc: ApiError) -> Response:
 def busy(retry_after_s: int, detail: str = "too many requests are waiting; retry shortly") -> ApiError:
     """A 503 that tells the client when to retry."""
     return ApiError(503, detail, headers={"Retry-After": str(retry_after_s)})
+
+
+def broken_model() -> ApiError:
+    """A 503 for a model that computes NaN or infinity: the server's fault, and no answer is better than a wrong one."""
+    return ApiError(503, "the model gave no finite answer (its weights or normalisation are broken); tell the operator")

@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..config import ServeSettings as Settings
+from ..errors import NonFiniteOutputError
 from ..inference import load_model, read_config
 from .batcher import MicroBatcher, QueueFull
-from .errors import busy
+from .errors import broken_model, busy
 from .uploads import read_upload
 
 log = logging.getLogger("mnist_cnn.serve")
@@ -56,7 +57,7 @@ class Service:
             t0 = time.perf_counter()
             self.classifier = await asyncio.to_thread(self._load)
         except Exception as exc:  # reported by /readyz; the process stays up for /healthz
-            self.error = str(exc)
+            self.error = _without_paths(str(exc), self.model_dir)
             log.error("model %s could not be loaded: %s", self.model_dir, exc)
             return
         s = self.settings
@@ -82,6 +83,8 @@ class Service:
             probs = await self.batcher.submit(image)
         except QueueFull:
             raise busy(self.settings.retry_after_s) from None
+        except NonFiniteOutputError:
+            raise broken_model() from None
         return prediction(probs, image, min_confidence)
 
     async def read(self, data: bytes, min_confidence: float) -> dict:
@@ -92,6 +95,8 @@ class Service:
         self.reads += 1
         try:
             return await run_in_threadpool(read_upload, data, self.settings, self.classifier, min_confidence)
+        except NonFiniteOutputError:
+            raise broken_model() from None
         finally:
             self.reads -= 1
 
@@ -144,6 +149,13 @@ def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float) -> d
         "probabilities": probs,
         "input": np.rint(image * 255).astype(np.uint8),
     }
+
+
+def _without_paths(message: str, model_dir: Path) -> str:
+    """``message`` for a client: the server's own paths are nobody else's business."""
+    for path in sorted({str(model_dir.resolve()), str(model_dir.absolute()), str(model_dir)}, key=len, reverse=True):
+        message = message.replace(path, "<model folder>")
+    return message
 
 
 def _count_parameters(classifier, model_dir: Path) -> int:
