@@ -157,3 +157,31 @@ def test_the_service_never_answers_200_for_a_model_that_computes_nan(tmp_path):
 
 def test_model_folder_read_accepts_what_save_writes(folder):
     assert ModelFolder(folder).read()["architecture"] == "fast"
+
+
+# ----------------------------------------------------------------------------- weights integrity
+
+
+def test_saving_records_the_sha256_of_the_weights(folder):
+    import hashlib
+
+    recorded = json.loads((folder / "config.json").read_text())["weights_sha256"]
+    assert recorded == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_bit_flipped_weights_file_is_refused(folder):
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-3] ^= 0x10  # inside the last tensor: safetensors itself would load it
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ModelFolderError, match="the weights do not match the SHA-256 recorded in config.json"):
+        load_model(folder)
+
+
+def test_a_folder_saved_before_the_digest_was_recorded_still_loads(folder):
+    config = json.loads((folder / "config.json").read_text())
+    del config["weights_sha256"]
+    (folder / "config.json").write_text(json.dumps(config))
+    load_model(folder)
+    _edit(folder, weights_sha256="abc")
+    with pytest.raises(ModelFolderError, match="weights_sha256 must be a hex SHA-256"):
+        load_model(folder)

@@ -10,6 +10,8 @@ Format versions:
 
 1. ``model_kwargs`` was always ``{}``; the loader took a network's ``width`` from its first convolution.
 2. ``model_kwargs`` holds every constructor argument the network was built with (defaults filled in).
+   Since issue 17, ``weights_sha256`` records the SHA-256 of ``model.safetensors``, checked when the weights
+   are read (folders without it still load).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -33,6 +35,7 @@ from .errors import ModelFolderError
 
 FORMAT_VERSION = 2
 WEIGHTS, CONFIG, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
+WEIGHTS_SHA256 = "weights_sha256"  # the config.json key holding the SHA-256 of model.safetensors
 ENSEMBLE, MEMBERS = "ensemble", "members"  # an ensemble folder's architecture, and where its members' folders go
 LABELS = [str(d) for d in range(10)]
 # Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
@@ -122,7 +125,9 @@ class ModelFolder:
         }
         self.path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_write(self.weights_path, safetensors_bytes(state, metadata={"architecture": full["architecture"]}))
+        data = safetensors_bytes(state, metadata={"architecture": full["architecture"]})
+        full[WEIGHTS_SHA256] = hashlib.sha256(data).hexdigest()  # read_weights checks it
+        atomic_write(self.weights_path, data)
         self.write(full)
         return self.path
 
@@ -153,12 +158,26 @@ class ModelFolder:
         self.write(config)
         return config
 
-    def read_weights(self) -> dict[str, torch.Tensor]:
+    def read_weights(self, config: dict | None = None) -> dict[str, torch.Tensor]:
+        """The tensors of ``model.safetensors``; if ``config`` (the folder's) records their SHA-256, the bytes must match it.
+
+        Folders saved before the digest was recorded load unchecked.
+        """
         try:
-            return load_file(self.weights_path)
+            data = self.weights_path.read_bytes()
         except FileNotFoundError:
             raise ModelFolderError(f"{self.path} has no {WEIGHTS}") from None
-        except (SafetensorError, OSError) as exc:
+        except OSError as exc:
+            raise ModelFolderError(f"{self.weights_path} cannot be read: {exc.strerror or exc}") from None
+        recorded = (config or {}).get(WEIGHTS_SHA256)
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise ModelFolderError(
+                f"{self.weights_path} is damaged or was replaced: the weights do not match the SHA-256 recorded in"
+                f" {CONFIG}; save or copy the model folder again"
+            )
+        try:
+            return safetensors_load(data)
+        except (SafetensorError, ValueError) as exc:
             raise ModelFolderError(f"{self.weights_path} is damaged: {exc}") from None
 
     def weights_sha256(self) -> str:
@@ -197,6 +216,9 @@ def _problem(config: dict) -> str | None:
     temperature = calibration.get("temperature") if isinstance(calibration, dict) else calibration
     if temperature is not None and (not _is_number(temperature) or temperature <= 0):
         return f"calibration temperature must be a finite number above 0, got {temperature!r}"
+    digest = config.get(WEIGHTS_SHA256)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        return f"{WEIGHTS_SHA256} must be a hex SHA-256, got {digest!r}"
     for name in ("model_kwargs", "versions", "metrics"):
         if name in config and not isinstance(config[name], dict) and not (name == "metrics" and config[name] is None):
             return f"{name} must be a JSON object, got {config[name]!r}"

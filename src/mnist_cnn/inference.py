@@ -115,7 +115,7 @@ def _onnx_classifier(folder: ModelFolder, config: dict, device, tta: bool, threa
 
 
 def _single_network(folder: ModelFolder, config: dict) -> nn.Module:
-    state = folder.read_weights()
+    state = folder.read_weights(config)
     name = config["architecture"]
     kwargs = config.get("model_kwargs") or {}
     if config.get("format_version", FORMAT_VERSION) < 2:  # format 1 did not record every argument
