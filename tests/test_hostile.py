@@ -185,3 +185,53 @@ def test_a_folder_saved_before_the_digest_was_recorded_still_loads(folder):
     _edit(folder, weights_sha256="abc")
     with pytest.raises(ModelFolderError, match="weights_sha256 must be a hex SHA-256"):
         load_model(folder)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_rotation_keeps_the_fresh_intact_checkpoints_not_the_damaged_higher_steps(tmp_path):
+    from mnist_cnn.checkpoint import Checkpoints
+
+    store = Checkpoints(tmp_path, keep=3)
+    for step in (10, 20, 30):
+        store.save({"step": step}, step)
+    for path in store.paths():  # all damaged: the machine died while they were written
+        path.write_bytes(path.read_bytes()[:-5])
+    assert store.latest() is None
+    for step in (1, 2, 3, 4):  # the run starts over; a crash now must not lose this progress
+        store.save({"step": step}, step)
+    assert [p.name for p in store.paths()] == ["step-000000002.pt", "step-000000003.pt", "step-000000004.pt"]
+    path, state = store.latest()
+    assert state["step"] == 4
+
+
+def test_rotation_still_keeps_the_newest_k_when_all_are_intact(tmp_path):
+    from mnist_cnn.checkpoint import Checkpoints
+
+    store = Checkpoints(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        store.save({"step": step}, step)
+    assert [p.name for p in store.paths()] == ["step-000000002.pt", "step-000000003.pt"]
+
+
+@pytest.mark.parametrize("damage", ["manifest_list", "state_list"])
+def test_a_checkpoint_that_is_not_a_dict_is_a_checkpoint_error(tmp_path, damage):
+    import hashlib
+    import io
+
+    from mnist_cnn.checkpoint import CheckpointError, Checkpoints
+
+    store = Checkpoints(tmp_path)
+    path = store.save({"step": 1}, 1)
+    if damage == "manifest_list":
+        path.with_suffix(".json").write_text("[]")
+    else:
+        buffer = io.BytesIO()
+        torch.save([1, 2], buffer)
+        data = buffer.getvalue()
+        path.write_bytes(data)
+        manifest = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        path.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError):
+        store.load(path)

@@ -63,13 +63,23 @@ class Checkpoints:
         atomic_write(path, data)
         manifest = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "step": step}
         atomic_write(path.with_suffix(".json"), json.dumps(manifest) + "\n")
-        for old in self.paths()[: -self.keep]:
-            old.with_suffix(".json").unlink(missing_ok=True)
-            old.unlink(missing_ok=True)
+        self._rotate(path)
         for stray in self.folder.glob(".*.tmp"):  # left by a process killed while writing
             if not stray.name.endswith(f".{os.getpid()}.tmp"):
                 stray.unlink(missing_ok=True)
         return path
+
+    def _rotate(self, newest: Path) -> None:
+        """Keep ``newest`` and the newest intact others, K in all; damaged ones go first, whatever their step.
+
+        After a resume past damaged checkpoints (the machine died while writing them) those have the
+        highest step numbers; keeping by step alone would delete the fresh, intact ones instead.
+        """
+        others = [p for p in reversed(self.paths()) if p != newest]
+        intact = [p for p in others if _intact(p)]
+        for old in [p for p in others if p not in intact[: self.keep - 1]]:
+            old.with_suffix(".json").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
 
     def load(self, path: Path) -> dict:
         """Read and verify one checkpoint; raise CheckpointError if it is damaged."""
@@ -78,12 +88,16 @@ class Checkpoints:
             data = path.read_bytes()
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: no readable manifest or data ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise CheckpointError(f"{path}: its manifest is not a JSON object (damaged)")
         if len(data) != manifest.get("bytes") or hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
             raise CheckpointError(f"{path}: its bytes do not match its manifest (written partly, or damaged)")
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a bad archive
             raise CheckpointError(f"{path}: cannot be read: {exc}") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training state")
         if state.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{path} was written by a newer mnist-cnn; upgrade to resume it")
         return state
@@ -96,6 +110,20 @@ class Checkpoints:
             except CheckpointError as exc:
                 log.warning("skipping damaged checkpoint: %s", exc)
         return None
+
+
+def _intact(path: Path) -> bool:
+    """Do the checkpoint's bytes match its manifest (without unpickling anything)?"""
+    try:
+        manifest = json.loads(path.with_suffix(".json").read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and len(data) == manifest.get("bytes")
+        and hashlib.sha256(data).hexdigest() == manifest.get("sha256")
+    )
 
 
 def rng_states() -> dict:
