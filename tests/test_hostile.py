@@ -235,3 +235,115 @@ def test_a_checkpoint_that_is_not_a_dict_is_a_checkpoint_error(tmp_path, damage)
         path.with_suffix(".json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError):
         store.load(path)
+
+
+# ----------------------------------------------------------------------------- decoding memory
+
+_PEAK = """
+import resource, sys
+from mnist_cnn.decode import decode_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+grey, record = decode_image(sys.argv[1])
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, *grey.shape, record.working_scale)
+"""
+
+
+def _png(path, size, mode="L"):
+    from PIL import Image, ImageDraw
+
+    paper, ink = (255, 0) if mode == "L" else ((255, 255, 255, 0), (0, 0, 0, 255))  # RGBA: ink on a transparent page
+    image = Image.new(mode, size, paper)
+    ImageDraw.Draw(image).line((size[0] // 4, size[1] // 8, size[0] // 3, size[1] * 7 // 8), fill=ink, width=90)
+    image.save(path)
+    return path
+
+
+def test_a_huge_image_is_decoded_without_a_full_size_float_copy(tmp_path):
+    """A 3999x4000 greyscale PNG: 16 MB as stored, 64 MB as a float32 array; the decode must stay well under that."""
+    import os
+    import subprocess
+    import sys
+
+    path = _png(tmp_path / "big.png", (3999, 4000))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, env=env, check=True)
+    growth, h, w, scale = out.stdout.split()
+    assert (int(h), int(w), float(scale)) == (1200, 1200, 0.3)
+    assert int(growth) < 48, f"decoding grew the process by {growth} MB"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_shrinking_before_the_float_copy_changes_no_result(tmp_path, mode):
+    """The frame of a huge image is the frame of the same image reduced to the working side in one step."""
+    from PIL import Image
+
+    from mnist_cnn import decode, preprocess
+
+    path = _png(tmp_path / "big.png", (3999, 4000), mode)
+    full = decode._grey_from_pil(Image.open(path))  # the old way: a float copy at full size
+    reference, _ = decode.downscale(full, decode.WORK_SIDE)
+    grey, record = decode.decode_image(path)
+    assert grey.shape == reference.shape and record.working_scale == 0.3
+    assert np.abs(grey - reference).mean() < 1e-3 and np.abs(grey - reference).max() <= 0.5
+    new = preprocess.preprocess_image(path).array.astype(int)
+    old = preprocess.preprocess_image(reference).array.astype(int)
+    assert np.abs(new - old).max() <= 1
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (40, 40), 255).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_uploads_over_the_queue_limit_get_503_before_decoding_and_decodes_are_bounded(folder, monkeypatch):
+    import threading
+
+    from mnist_cnn.serve import routes
+
+    release, lock = threading.Event(), threading.Lock()
+    running = {"now": 0, "most": 0, "calls": 0}
+
+    def gated_decode(data, settings):  # stands for a slow decode of a huge image
+        with lock:
+            running["now"] += 1
+            running["calls"] += 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+        return np.zeros((28, 28), np.float32)
+
+    monkeypatch.setattr(routes, "decode_upload", gated_decode)
+    settings = Settings(runtime="torch", max_queue=3, decode_slots=2, retry_after_s=4)
+    files = {"image": ("a.png", _png_bytes(), "image/png")}
+    with TestClient(create_app(folder, settings)) as c:
+        _wait_for(lambda: c.get("/readyz").status_code == 200)
+        service, results = c.app.state.service, []
+        threads = [
+            threading.Thread(target=lambda: results.append(c.post("/v1/predict", files=files))) for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: service.uploads == 3 and running["now"] == 2)
+        refused = c.post("/v1/predict", files=files)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "4"
+        assert c.post("/v1/read", files=files).status_code == 503
+        assert running["calls"] == 2  # the refused ones were never decoded; the third waits for a slot
+        release.set()
+        for t in threads:
+            t.join(10)
+        assert [r.status_code for r in results] == [200, 200, 200] and running["most"] == 2
+        assert c.post("/v1/predict", json={"pixels": [0] * 784}).status_code == 200
+        assert c.get("/v1/model").json()["limits"]["decode_slots"] == 2

@@ -310,6 +310,7 @@ class ServeSettings:
     max_queue: int = field(default=256, metadata={"help": "requests waiting for the model before new ones get 503"})  # fmt: skip
     batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
+    decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once, each holding up to one full-size image (0: one per CPU core); more wait, up to --max-queue, then 503"})  # fmt: skip
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with a 503"})
     access_log: bool = field(default=True, metadata={"help": "one JSON line per request on the 'mnist_cnn.access' logger"})  # fmt: skip
 
@@ -322,8 +323,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.threads > MAX_THREADS:
             raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
-        if self.batch_wait_ms < 0 or self.retry_after_s < 0:
-            raise ValueError("batch_wait_ms and retry_after_s must not be negative")
+        if self.batch_wait_ms < 0 or self.retry_after_s < 0 or self.decode_slots < 0:
+            raise ValueError("batch_wait_ms, retry_after_s and decode_slots must not be negative")
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
 

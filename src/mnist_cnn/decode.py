@@ -173,15 +173,43 @@ def _grey_from_array(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
     raise ImageError(f"{name}: unsupported array dtype {arr.dtype}")
 
 
-def downscale(grey: np.ndarray, side: int) -> tuple[np.ndarray, float]:
-    """``grey`` reduced (box filter) so its longer side is at most ``side`` px, and the scale applied."""
-    h, w = grey.shape
+def downscale(grey: np.ndarray, side: int, full: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """``grey`` reduced (box filter) so its longer side is at most ``side`` px, and the scale applied to the
+    image's ``full`` (H, W) (``full``: its size as stored, where JPEG's draft or :func:`_shrink` decoded it smaller)."""
+    h, w = full or grey.shape
     if max(h, w) <= side:
         return grey, 1.0
     scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = Image.fromarray(grey, "F").resize(size, Image.Resampling.BOX)
+    # A pixel of a whole-factor reduction covers f x f stored pixels, the last row and column fewer: resize
+    # the part that covers the stored image exactly, so nothing shifts (by up to f/2 px) on the way.
+    fy, fx = (max(1, round(a / b)) for a, b in zip((h, w), grey.shape, strict=True))
+    box = (0.0, 0.0, w / fx, h / fy)
+    small = Image.fromarray(grey, "F").resize(size, Image.Resampling.BOX, box=box)
     return np.asarray(small, dtype=np.float32), scale
+
+
+# Modes Image.reduce averages correctly (it premultiplies LA and RGBA by their alpha itself).
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")
+
+
+def _shrink(img: Image.Image, side: int) -> Image.Image:
+    """Box-average a large image by a whole factor that keeps at least ``side`` px on its longer side, before
+    any float copy is made: a 4000x4000 upload then costs a 1333x1333 float array, not a 4000x4000 one.
+
+    The exact reduction to ``side`` is :func:`downscale`'s, as before; averaging in two box steps changes a
+    frame by at most one grey level. 16-bit modes are left whole (Image.reduce does not average them).
+    """
+    factor = max(img.size) // side
+    if factor < 2:
+        return img
+    if img.mode == "P":  # as _grey_from_pil would: a palette index cannot be averaged
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    elif img.mode not in _REDUCIBLE and not img.mode.startswith("I;16"):
+        img = img.convert("L")  # CMYK, YCbCr, 1, ...: what _grey_from_pil does with them
+    return img.reduce(factor) if img.mode in _REDUCIBLE else img
 
 
 def _check_header(img: Image.Image, name: str, limits: ImageLimits) -> None:
@@ -202,6 +230,7 @@ def decode_image(
     """
     name = _describe(source)
     record = PreprocessRecord(source=name)
+    full = None  # (H, W) of the image as stored, where JPEG's draft or _shrink decoded it smaller
     if isinstance(source, np.ndarray):
         grey = _grey_from_array(source, name, limits.max_pixels)
         record.size, record.mode = (grey.shape[1], grey.shape[0]), f"array {source.dtype}"
@@ -217,7 +246,11 @@ def decode_image(
                 if img.format == "JPEG" and max(img.size) > 2 * work_side:
                     img.draft("L", (work_side, work_side))  # JPEG decodes at 1/2, 1/4, 1/8 scale cheaply
                 img.load()
+                full = record.size[::-1]
+                img = _shrink(img, work_side)
                 orientation = img.getexif().get(0x0112)
+                if orientation in (5, 6, 7, 8):  # a quarter turn: the full size turns too
+                    full = full[::-1]
                 if orientation and orientation != 1:
                     img = ImageOps.exif_transpose(img)
                     record.exif_orientation = int(orientation)
@@ -233,5 +266,5 @@ def decode_image(
         except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError) as exc:
             # truncated or corrupt data inside a valid header
             raise ImageError(f"{name}: cannot decode image ({exc})") from None
-    grey, record.working_scale = downscale(grey, work_side)
+    grey, record.working_scale = downscale(grey, work_side, full)
     return grey, record

@@ -1,7 +1,7 @@
 """The API's endpoints: /v1/predict, /v1/read, /v1/model, /healthz and /readyz.
 
 Each handler gets the :class:`~mnist_cnn.serve.service.Service` of its app through ``Depends``;
-the request is parsed on the event loop, images are decoded in a worker thread.
+the request is parsed on the event loop, images are decoded in a worker thread (a few at once: ``decode_slots``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from . import parsing
 from .errors import ApiError, json_response
@@ -41,9 +40,10 @@ async def read(request: Request, service: ServiceDep):
     ctype = parsing.content_type(request)
     if ctype != "multipart/form-data":
         raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; /v1/read takes multipart/form-data with the image in a field named 'image'", "content-type")  # fmt: skip
-    data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
-    min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), service.settings.min_confidence)
-    return json_response(await service.read(data, min_confidence))
+    async with service.upload():
+        data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
+        min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), service.settings.min_confidence)
+        return json_response(await service.read(data, min_confidence))
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -72,7 +72,8 @@ async def _read_image(request: Request, service: Service) -> tuple[np.ndarray, f
         image = parsing.parse_pixels(data)
         return image, parsing.min_confidence(request, data.get("min_confidence"), default, "body")
     if ctype == "multipart/form-data":
-        data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
-        min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), default)
-        return await run_in_threadpool(decode_upload, data, service.settings), min_confidence
+        async with service.upload():
+            data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
+            min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), default)
+            return await service.decode(decode_upload, data, service.settings), min_confidence
     raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; send application/json or multipart/form-data", "content-type")  # fmt: skip

@@ -6,7 +6,9 @@ The one place in the service that loads a model folder (through the library's ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -35,7 +37,9 @@ class Service:
         self.error: str | None = None
         self.started = time.time()
         self.parameters: int | None = None
-        self.reads = 0  # /v1/read requests being computed now (they bypass the batcher)
+        self.uploads = 0  # uploads being received, waiting for a decode slot or decoded now
+        # Each decode may hold a full-size image: a few at once, never one per waiting client.
+        self._decodes = asyncio.Semaphore(settings.decode_slots or _cores())
 
     @property
     def ready(self) -> bool:
@@ -87,18 +91,31 @@ class Service:
             raise broken_model() from None
         return prediction(probs, image, min_confidence)
 
-    async def read(self, data: bytes, min_confidence: float) -> dict:
-        """Read every digit in an uploaded image (segmentation and its forward passes in a worker thread)."""
+    @contextlib.asynccontextmanager
+    async def upload(self):
+        """One upload, from its body to its decoded image: 503 + Retry-After at once when ``max_queue`` are in already,
+        before the body is read or anything decoded, so overload is answered quickly instead of timing out."""
         self._check_ready()
-        if self.reads >= self.settings.max_queue:
+        if self.uploads >= self.settings.max_queue:
             raise busy(self.settings.retry_after_s)
-        self.reads += 1
+        self.uploads += 1
         try:
-            return await run_in_threadpool(read_upload, data, self.settings, self.classifier, min_confidence)
+            yield
+        finally:
+            self.uploads -= 1
+
+    async def decode(self, fn, *args):
+        """``fn(*args)`` in a worker thread, at most ``decode_slots`` at once (a decode's memory is bounded, not their number)."""
+        async with self._decodes:
+            return await run_in_threadpool(fn, *args)
+
+    async def read(self, data: bytes, min_confidence: float) -> dict:
+        """Read every digit in an uploaded image (decoding, segmentation and its forward passes in a worker thread)."""
+        self._check_ready()
+        try:
+            return await self.decode(read_upload, data, self.settings, self.classifier, min_confidence)
         except NonFiniteOutputError:
             raise broken_model() from None
-        finally:
-            self.reads -= 1
 
     def describe(self) -> dict:
         """What /v1/model answers: the model folder's config, the versions, the limits and the batching counters."""
@@ -123,6 +140,7 @@ class Service:
                 "max_image_pixels": s.max_image_pixels,
                 "image_formats": sorted(s.formats),
                 "max_queue": s.max_queue,
+                "decode_slots": s.decode_slots or _cores(),
             },
         }
         if self.batcher is not None:
@@ -149,6 +167,13 @@ def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float) -> d
         "probabilities": probs,
         "input": np.rint(image * 255).astype(np.uint8),
     }
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _without_paths(message: str, model_dir: Path) -> str:
