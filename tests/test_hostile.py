@@ -347,3 +347,78 @@ def test_uploads_over_the_queue_limit_get_503_before_decoding_and_decodes_are_bo
         assert [r.status_code for r in results] == [200, 200, 200] and running["most"] == 2
         assert c.post("/v1/predict", json={"pixels": [0] * 784}).status_code == 200
         assert c.get("/v1/model").json()["limits"]["decode_slots"] == 2
+
+
+# ----------------------------------------------------------------------------- transport limits
+
+
+@pytest.fixture
+def live_server():
+    """A uvicorn server in a thread with the service's transport limits and a trivial app: yields its port."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from mnist_cnn.serve.transport import uvicorn_options
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    settings = Settings(max_header_bytes=8192, header_timeout_s=0.5, limit_concurrency=50, timeout_keep_alive_s=1)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off", loop="asyncio",
+                            **uvicorn_options(settings))  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(5)
+
+
+def _get(port, extra=b"", timeout=5.0) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n" + extra + b"connection: close\r\n\r\n")
+        return b"".join(iter(lambda: s.recv(65536), b""))
+
+
+def test_an_oversized_header_is_refused_with_431(live_server):
+    assert _get(live_server).startswith(b"HTTP/1.1 200")
+    assert _get(live_server, b"x-small: " + b"a" * 4000 + b"\r\n").startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    answer = _get(live_server, b"x-big: " + b"a" * 2_000_000 + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431") and time.monotonic() - started < 2
+    assert _get(live_server).startswith(b"HTTP/1.1 200")  # others still served
+
+
+def test_silent_and_slow_header_clients_are_closed_after_the_header_timeout(live_server):
+    import socket
+
+    silent = socket.create_connection(("127.0.0.1", live_server), timeout=5)
+    slow = socket.create_connection(("127.0.0.1", live_server), timeout=5)
+    slow.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+    assert _get(live_server).startswith(b"HTTP/1.1 200")  # others are served meanwhile
+    started = time.monotonic()
+    for s in (silent, slow):
+        assert s.recv(65536).startswith(b"HTTP/1.1 408")
+        assert s.recv(65536) == b""  # closed
+        s.close()
+    assert time.monotonic() - started < 3
+
+
+def test_transport_limits_are_settings_with_help():
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(ServeSettings)}
+    for name in ("limit_concurrency", "timeout_keep_alive_s", "header_timeout_s", "max_header_bytes", "decode_slots"):
+        assert fields[name].metadata["help"]
+    with pytest.raises(ValueError):
+        ServeSettings(header_timeout_s=0)
+    with pytest.raises(ValueError):
+        ServeSettings(max_header_bytes=0)

@@ -311,6 +311,10 @@ class ServeSettings:
     batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
     decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once, each holding up to one full-size image (0: one per CPU core); more wait, up to --max-queue, then 503"})  # fmt: skip
+    limit_concurrency: int = field(default=900, metadata={"help": "most open connections and requests at once; more get 503 (below the common 1,024 file-descriptor limit, so a flood of sockets cannot take the process down)"})  # fmt: skip
+    timeout_keep_alive_s: int = field(default=5, metadata={"help": "close an idle keep-alive connection after this many seconds"})  # fmt: skip
+    header_timeout_s: float = field(default=10.0, metadata={"help": "close a connection whose request line and headers are not all in after this many seconds (408), so silent and slow-header clients let go of their sockets"})  # fmt: skip
+    max_header_bytes: int = field(default=65_536, metadata={"help": "largest request line and headers in bytes, else 431 and the connection is closed"})  # fmt: skip
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with a 503"})
     access_log: bool = field(default=True, metadata={"help": "one JSON line per request on the 'mnist_cnn.access' logger"})  # fmt: skip
 
@@ -318,11 +322,14 @@ class ServeSettings:
         _check_numbers(self)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-        for name in ("threads", "max_body_bytes", "max_image_pixels", "max_batch", "max_queue"):
+        for name in ("threads", "max_body_bytes", "max_image_pixels", "max_batch", "max_queue", "limit_concurrency",
+                     "timeout_keep_alive_s", "max_header_bytes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.threads > MAX_THREADS:
             raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
+        if not self.header_timeout_s > 0:
+            raise ValueError(f"header_timeout_s must be above 0, got {self.header_timeout_s}")
         if self.batch_wait_ms < 0 or self.retry_after_s < 0 or self.decode_slots < 0:
             raise ValueError("batch_wait_ms, retry_after_s and decode_slots must not be negative")
         if not 0 <= self.min_confidence <= 1:

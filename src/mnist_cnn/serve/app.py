@@ -17,6 +17,7 @@ from .page import page_router
 from .routes import router
 from .service import Service
 from .settings import Settings
+from .transport import uvicorn_options
 
 DESCRIPTION = (
     "Handwritten digit recognition. `POST /v1/predict` with an image or 784 pixel values for one "
@@ -59,12 +60,15 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
 
 def run(model_dir: str | os.PathLike, settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         graceful_timeout: float = 10.0) -> None:  # fmt: skip
-    """Serve on uvicorn (httptools parser, uvloop where installed) until SIGINT/SIGTERM; in-flight requests finish."""
+    """Serve on uvicorn (httptools parser, uvloop where installed) until SIGINT/SIGTERM; in-flight requests finish.
+
+    The transport limits (connections, idle and header timeouts, header size) are ``settings``'; see :mod:`.transport`.
+    """
     import uvicorn
 
     app = create_app(model_dir, settings)
     uvicorn.run(
         app, host=host, port=port, log_config=None, access_log=False, server_header=False,
-        http="httptools", loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        timeout_graceful_shutdown=graceful_timeout, lifespan="on",
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        timeout_graceful_shutdown=graceful_timeout, lifespan="on", **uvicorn_options(settings),
     )  # fmt: skip
