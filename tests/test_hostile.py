@@ -422,3 +422,18 @@ def test_transport_limits_are_settings_with_help():
         ServeSettings(header_timeout_s=0)
     with pytest.raises(ValueError):
         ServeSettings(max_header_bytes=0)
+
+
+# ----------------------------------------------------------------------------- fail fast
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_serving_a_folder_that_cannot_load_fails_before_opening_a_port(folder, runtime, monkeypatch):
+    import uvicorn
+
+    from mnist_cnn.serve.app import run
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    (folder / "model.safetensors").unlink()  # and there is no model.onnx either
+    with pytest.raises(ModelFolderError):
+        run(folder, Settings(runtime=runtime))

@@ -67,6 +67,7 @@ def run(model_dir: str | os.PathLike, settings: Settings, host: str = "127.0.0.1
     import uvicorn
 
     app = create_app(model_dir, settings)
+    app.state.service.load_now()  # a model that cannot load stops here, with its reason, before any port is opened
     uvicorn.run(
         app, host=host, port=port, log_config=None, access_log=False, server_header=False,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..config import ServeSettings as Settings
-from ..errors import NonFiniteOutputError
+from ..errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from ..inference import load_model, read_config
 from .batcher import MicroBatcher, QueueFull
 from .errors import broken_model, busy
@@ -56,7 +56,20 @@ class Service:
             clf.predict_proba(np.zeros((n, 28, 28), np.float32))
         return clf
 
+    def load_now(self) -> None:
+        """Load the model in this thread, before serving: a folder that cannot load is a ModelFolderError (the
+        command line's one ``error:`` line and exit 2) instead of a server whose /readyz says 503 for ever."""
+        try:
+            self.classifier = self._load()
+        except MnistCnnError:
+            raise
+        except Exception as exc:  # onnxruntime, safetensors and torch raise their own types
+            raise ModelFolderError(f"model {self.model_dir} could not be loaded: {exc}") from None
+
     async def start(self) -> None:
+        if self.classifier is not None:  # loaded by load_now
+            self._start_batcher(0.0)
+            return
         try:
             t0 = time.perf_counter()
             self.classifier = await asyncio.to_thread(self._load)
@@ -64,12 +77,15 @@ class Service:
             self.error = _without_paths(str(exc), self.model_dir)
             log.error("model %s could not be loaded: %s", self.model_dir, exc)
             return
+        self._start_batcher(time.perf_counter() - t0)
+
+    def _start_batcher(self, load_s: float) -> None:
         s = self.settings
         batcher = MicroBatcher(self.classifier.predict_proba, s.max_batch, s.max_queue, s.batch_wait_ms / 1000)
         batcher.start()
         self.batcher = batcher
         log.info("model %s ready (%s, %s runtime) in %.2f s", self.model_dir, self.config["architecture"],
-                 s.runtime, time.perf_counter() - t0)  # fmt: skip
+                 s.runtime, load_s)  # fmt: skip
 
     async def stop(self) -> None:
         if self.batcher is not None:
