@@ -105,6 +105,8 @@ def test_predict_reads_image_files_and_reports_bad_ones(tmp_path, trained_run, m
     (["evaluate", "/no/such/run"], 2, "model folder /no/such/run does not exist"),
     (["train", "--val-split", "70000", "--data-dir", "{data}"], 2, "leaves nothing to train on"),
     (["train", "--epochs", "0"], 2, "epochs must be at least 1"),
+    (["train", "--name", "../../x"], 2, "must be a plain folder name"),
+    (["train", "--name", "a/b"], 2, "must be a plain folder name"),
 ])  # fmt: skip
 def test_user_errors_exit_with_a_message_not_a_traceback(
     argv, status, message, capsys, mnist_dir, tmp_path, monkeypatch

@@ -193,7 +193,18 @@ def _new_run(args) -> tuple[str, TrainConfig, Path]:
             f"the {recipe} recipe fine-tunes a trained {config.model} run: pass --init RUN"
             f" (train one with: mnist-cnn train --recipe {config.model})"
         )
-    return recipe, config, args.runs_dir / (args.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return recipe, config, args.runs_dir / _run_name(args.name, recipe)
+
+
+def _run_name(name: str | None, recipe: str) -> str:
+    """The run folder's name inside --runs-dir: one plain name, so a run never lands outside that folder."""
+    if name is None:
+        return f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise MnistCnnError(
+            f"--name {name!r} must be a plain folder name (no '/', '..' or '\\'); use --runs-dir for the place"
+        )
+    return name
 
 
 def _train_or_resume(args, recipe, config, run_dir, data, device):
