@@ -201,7 +201,7 @@ def _run_name(name: str | None, recipe: str) -> str:
     if name is None:
         return f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
-        raise MnistCnnError(
+        raise ValueError(
             f"--name {name!r} must be a plain folder name (no '/', '..' or '\\'); use --runs-dir for the place"
         )
     return name
