@@ -180,3 +180,29 @@ def test_the_page_fits_a_phone(browser, server):
     pad = page.locator("#pad").bounding_box()
     context.close()
     assert width <= 390 and 300 <= pad["width"] <= 390
+
+
+@pytest.fixture(scope="module")
+def default_server():
+    """The service with the model that ships in the package (no RUN: the same as `mnist-cnn serve`)."""
+    from mnist_cnn.inference import default_model_dir
+
+    proc, url = start_server(default_model_dir(), "--runtime", "torch", "--no-access-log")
+    yield url
+    proc.terminate()
+    proc.communicate(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strokes", [DOT, CROSS], ids=["dot", "X"])
+def test_the_default_model_is_not_sure_of_a_dot_or_an_x(browser, default_server, strokes):
+    """At the default threshold, with the shipped model: no min_confidence forced, unlike the test above."""
+    context = browser.new_context(viewport={"width": 900, "height": 640}, device_scale_factor=1)
+    page = context.new_page()
+    page.goto(default_server)
+    page.wait_for_selector("#bars li")
+    draw(page, strokes)
+    wait_for_label(page)
+    result, status = shown(page), page.locator("#status").inner_text()
+    context.close()
+    assert result["state"] == "unsure" and "not sure — is this a digit?" in status, (status, result["bars"])
