@@ -44,3 +44,79 @@ def test_runs_of_a_missing_or_empty_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["runs", str(tmp_path)]) == 0
     assert "no runs in" in capsys.readouterr().out
+
+
+# --- RUN as a person types it (issue 14) ---
+
+
+def _tiny_runs(tmp_path):
+    """runs/ with two finished tiny runs (older basic-..., newer fast-...), one unfinished, and an image."""
+    import numpy as np
+    from PIL import Image
+
+    from mnist_cnn.folder import ModelFolder, save_model
+    from mnist_cnn.models import create_model
+
+    runs = tmp_path / "runs"
+    for name, created in [("basic-20261201-041509", "2026-12-01T04:15:09+0000"),
+                          ("fast-20261201-050000", "2026-12-01T05:00:00+0000")]:  # fmt: skip
+        save_model(runs / name, create_model("fast"), {"architecture": "fast"})
+        ModelFolder(runs / name).update(created=created)
+    (runs / "stopped" / "checkpoints").mkdir(parents=True)  # still training: never 'latest'
+    image = np.zeros((28, 28), np.uint8)
+    image[5:23, 12:16] = 255
+    Image.fromarray(image).save(tmp_path / "d.png")
+    return runs
+
+
+def test_resolve_run_takes_folders_names_latest_and_files(tmp_path):
+    import pytest
+
+    from mnist_cnn.errors import ModelFolderError
+    from mnist_cnn.runs import resolve_run
+
+    runs = _tiny_runs(tmp_path)
+    basic, fast = runs / "basic-20261201-041509", runs / "fast-20261201-050000"
+    assert resolve_run(basic, runs) == basic
+    assert resolve_run("basic-20261201-041509", runs) == basic
+    assert resolve_run("latest", runs) == fast
+    assert resolve_run(fast / "model.safetensors", runs) == fast
+    with pytest.raises(ModelFolderError, match=f"model folder {runs / 'basic'} does not exist; did you mean: {basic}$"):
+        resolve_run(runs / "basic", runs)
+    with pytest.raises(ModelFolderError, match=f"did you mean: {basic}"):
+        resolve_run("basic", runs)
+    with pytest.raises(ModelFolderError, match=f"holds runs but is not one; name one of: {basic}, {fast}$"):
+        resolve_run(runs, runs)
+    with pytest.raises(ModelFolderError, match="no finished runs in"):
+        resolve_run("latest", tmp_path / "nothing")
+
+
+def test_cli_commands_resolve_run_names(tmp_path, monkeypatch, capsys):
+    runs = _tiny_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)  # --runs-dir defaults to ./runs
+    fast = "runs/fast-20261201-050000"
+    for argv in (["predict", "latest", "d.png"], ["read", "latest", "d.png"], ["predict", f"{fast}/model.safetensors", "d.png"],
+                 ["predict", "fast-20261201-050000", "d.png"], ["predict", "basic-20261201-041509", "d.png", "--runs-dir", str(runs)]):  # fmt: skip
+        assert main(argv) == 0, argv
+        assert capsys.readouterr().out.startswith("d.png: "), argv
+    for argv, message in [
+        (["predict", "runs/basic", "d.png"], "model folder runs/basic does not exist; did you mean: runs/basic-20261201-041509"),
+        (["predict", "runs", "d.png"], "runs holds runs but is not one; name one of: runs/basic-20261201-041509, " + fast),
+        (["evaluate", "basic"], "model folder basic does not exist; did you mean: runs/basic-20261201-041509"),
+        (["export", "runs"], "runs holds runs but is not one"),
+        (["calibrate", "nope"], "model folder nope does not exist (train one with: mnist-cnn train)"),
+        (["serve", "runs/fast"], f"did you mean: {fast}"),
+        (["ensemble", "latest", "basic", "--out", "e"], "model folder basic does not exist; did you mean"),
+    ]:  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, (argv, err)
+
+
+def test_a_missing_image_is_said_once(tmp_path, monkeypatch, capsys):
+    _tiny_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "latest", "missing.png", "d.png"]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("missing.png") == 1, captured
+    assert captured.out.startswith("d.png: ")

@@ -106,3 +106,37 @@ def test_start_up_errors_are_one_line_without_traceback(tmp_path, exported_run):
     r = serve(str(exported_run), "--max-queue", "0")
     assert r.returncode == 2 and "max_queue must be at least 1" in r.stderr
     assert os.environ.get("PYTEST_CURRENT_TEST")  # sanity: ran under pytest
+
+
+def _fresh_run(tmp_path):
+    """A run as `train` leaves it: a model folder with no model.onnx."""
+    from mnist_cnn.folder import save_model
+    from mnist_cnn.models import create_model
+
+    return save_model(tmp_path / "runs" / "fast-20261201-050000", create_model("fast"), {"architecture": "fast"})
+
+
+def test_serve_a_fresh_run_on_torch_and_say_so(tmp_path, monkeypatch, capsys):
+    import mnist_cnn.serve
+    from mnist_cnn.cli import main
+
+    run = _fresh_run(tmp_path)
+    served = {}
+    monkeypatch.setattr(mnist_cnn.serve, "run", lambda folder, settings, **kw: served.update(folder=folder, settings=settings))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "latest", "--port", "8123"]) == 0
+    assert served["folder"] == Path("runs") / run.name and served["settings"].runtime == "torch"
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"serving runs/{run.name} (torch runtime: no model.onnx;"), line
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path, capsys):
+    from mnist_cnn.cli import main
+
+    run = _fresh_run(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    assert capsys.readouterr().err == f"error: port {port} is in use; choose another with --port\n"

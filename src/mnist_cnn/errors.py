@@ -23,6 +23,12 @@ class ModelFolderError(MnistCnnError):
     exit_code = 2
 
 
+class PortInUseError(MnistCnnError):
+    """``mnist-cnn serve``: the TCP port is taken by another program."""
+
+    exit_code = 2
+
+
 class ImageError(MnistCnnError):
     """Input that is not an image this tool can read (missing, corrupt, hostile, unsupported)."""
 

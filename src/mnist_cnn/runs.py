@@ -6,6 +6,7 @@ stopped before it saved a model, its ``history.json`` and checkpoints); it never
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -130,3 +131,70 @@ def format_table(rows: list[RunRow]) -> str:
 
 def rows_as_dicts(rows: list[RunRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+LATEST = "latest"  # the name that means the newest finished run in the runs folder
+MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".onnx", ".html", ".md", ".csv")  # files a run folder holds
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _finished_runs(runs_dir: Path) -> list[Path]:
+    """Run folders with a saved model, oldest first (a runs folder that does not exist holds none)."""
+    if not runs_dir.is_dir():
+        return []
+    return [runs_dir / r.run for r in list_runs(runs_dir, sort="date") if _is_model_folder(runs_dir / r.run)]
+
+
+def looks_like_run(name: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> bool:
+    """Whether a command's first argument names a run rather than an image: a model folder, ``latest``,
+    a run name inside ``runs_dir``, a folder of runs, or a model file inside a run folder."""
+    path, runs_dir = Path(name), Path(runs_dir)
+    if str(name) == LATEST or _is_model_folder(path) or bool(_finished_runs(path)):
+        return True
+    if path.is_file():
+        return path.suffix.lower() in MODEL_FILE_SUFFIXES and _is_model_folder(path.parent)
+    return len(path.parts) == 1 and not path.exists() and _is_model_folder(runs_dir / path)
+
+
+def resolve_run(name: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Path:
+    """The model folder a person means by ``name``: a run folder path, a run name inside ``runs_dir``,
+    ``latest`` (the newest finished run there), or a file inside a run folder (taken as its folder).
+
+    >>> resolve_run("latest", "runs")  # doctest: +SKIP
+    PosixPath('runs/basic-20261201-041509')
+
+    Raises :class:`ModelFolderError` naming the closest runs when nothing matches.
+    """
+    path, runs_dir = Path(name), Path(runs_dir)
+    if str(name) == LATEST and not path.exists():
+        finished = _finished_runs(runs_dir)
+        if not finished:
+            raise ModelFolderError(f"no finished runs in {runs_dir} for 'latest' (train one with: mnist-cnn train)")
+        return finished[-1]
+    if _is_model_folder(path):
+        return path
+    if path.is_file() and _is_model_folder(path.parent):
+        return path.parent
+    if len(path.parts) == 1 and not path.exists() and _is_model_folder(runs_dir / path):
+        return runs_dir / path
+    inside = _finished_runs(path)
+    if inside:
+        shown = ", ".join(str(p) for p in inside[-10:])
+        raise ModelFolderError(f"{path} holds runs but is not one; name one of: {shown}")
+    if not path.exists():
+        raise ModelFolderError(_missing_message(path, runs_dir))
+    return path  # an existing folder that is not a model: the loader says what it lacks
+
+
+def _missing_message(path: Path, runs_dir: Path) -> str:
+    """``model folder X does not exist``, with the closest run names in its folder (or ``runs_dir``)."""
+    where = path.parent if len(path.parts) > 1 and path.parent.is_dir() else runs_dir
+    names = [p.name for p in _finished_runs(where)]
+    close = [n for n in names if n.startswith(path.name)] + difflib.get_close_matches(path.name, names, n=5)
+    close = list(dict.fromkeys(close))[:5]
+    if not close:
+        return f"model folder {path} does not exist (train one with: mnist-cnn train)"
+    return f"model folder {path} does not exist; did you mean: {', '.join(str(where / n) for n in close)}"

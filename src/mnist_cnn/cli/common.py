@@ -41,6 +41,18 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: 0 = one per available core)")  # fmt: skip
 
 
+def _add_runs_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                   help="where RUN names and 'latest' are looked up (default: runs)")  # fmt: skip
+
+
+def _resolve_run(run: Path, args) -> Path:
+    """RUN as a person types it (a folder, a run name, 'latest', a file in a run folder) -> the model folder."""
+    from ..runs import resolve_run
+
+    return resolve_run(run, args.runs_dir)
+
+
 def _add_inference_runtime_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
                    help="predict with PyTorch or with the exported model.onnx on ONNX Runtime (default: torch)")  # fmt: skip

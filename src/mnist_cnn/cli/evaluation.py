@@ -8,10 +8,12 @@ from pathlib import Path
 from .common import (
     _add_data_flags,
     _add_inference_runtime_flag,
+    _add_runs_dir_flag,
     _add_runtime_flags,
     _add_tta_flag,
     _evaluate_steps,
     _load_data,
+    _resolve_run,
 )
 
 
@@ -19,7 +21,8 @@ def add_evaluate(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "evaluate", parents=[common], help="evaluate a saved model on the test set; rewrite its metrics and report"
     )
-    p.add_argument("run", type=Path, help="run (model) folder")
+    p.add_argument("run", type=Path, help="run (model) folder, run name in --runs-dir, or latest")
+    _add_runs_dir_flag(p)
     _add_tta_flag(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
@@ -30,7 +33,8 @@ def add_ensemble(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "ensemble", parents=[common], help="combine model folders into one ensemble model folder and evaluate it"
     )
-    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="two or more run (model) folders")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="two or more run (model) folders or run names")
+    _add_runs_dir_flag(p)
     p.add_argument("--out", type=Path, required=True, help="ensemble folder to write (required; no default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder (default: refuse)")
     _add_tta_flag(p)
@@ -42,7 +46,10 @@ def add_export(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "export", parents=[common], help="export a saved model to ONNX and check it against PyTorch on the test set"
     )
-    p.add_argument("run", type=Path, help="run (model) folder; model.onnx is written into it")
+    p.add_argument(
+        "run", type=Path, help="run (model) folder, run name in --runs-dir, or latest; model.onnx is written into it"
+    )
+    _add_runs_dir_flag(p)
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -55,7 +62,8 @@ def add_calibrate(sub, common: argparse.ArgumentParser) -> None:
         "calibrate", parents=[common],
         help="fit the temperature on the run's validation split; report the test-set calibration error before and after",
     )  # fmt: skip
-    p.add_argument("run", type=Path, help="run (model) folder")
+    p.add_argument("run", type=Path, help="run (model) folder, run name in --runs-dir, or latest")
+    _add_runs_dir_flag(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
 
@@ -64,6 +72,7 @@ def cmd_evaluate(args) -> int:
     from ..inference import load_model, read_config
     from ..runtime import configure_threads
 
+    args.run = _resolve_run(args.run, args)
     read_config(args.run)  # a clear error before the data is loaded
     configure_threads(args.threads)
     if args.runtime != "torch":
@@ -91,6 +100,7 @@ def cmd_ensemble(args) -> int:
     from ..ensemble import make_ensemble
     from ..runtime import configure_threads
 
+    args.runs = [_resolve_run(run, args) for run in args.runs]
     configure_threads(args.threads)
     data = _load_data(args)  # a clear error before anything is written
     out = make_ensemble(args.runs, args.out, overwrite=args.overwrite)
@@ -104,6 +114,7 @@ def cmd_calibrate(args) -> int:
     from ..inference import read_config
     from ..runtime import configure_threads
 
+    args.run = _resolve_run(args.run, args)
     read_config(args.run)
     configure_threads(args.threads)
     data = _load_data(args)
@@ -121,6 +132,7 @@ def cmd_export(args) -> int:
     from ..export import export_onnx, verify_onnx
     from ..inference import read_config
 
+    args.run = _resolve_run(args.run, args)
     read_config(args.run)  # a clear error before the data is loaded
     path = export_onnx(args.run, opset=args.opset)
     data = _load_data(args)

@@ -11,13 +11,21 @@ from pathlib import Path
 
 from ..config import DEFAULT_MIN_CONFIDENCE
 from ..errors import MnistCnnError
-from .common import _add_inference_runtime_flag, _add_runtime_flags, _add_tta_flag, log
+from .common import (
+    _add_inference_runtime_flag,
+    _add_runs_dir_flag,
+    _add_runtime_flags,
+    _add_tta_flag,
+    _resolve_run,
+    log,
+)
 
 
 def _add_model_and_images(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, nargs="?", default=None,
-                   help="run (model) folder, when the first argument is one (default: the model that ships with mnist-cnn)")  # fmt: skip
+                   help="run (model) folder, run name in --runs-dir, or latest, when the first argument is one (default: the model that ships with mnist-cnn)")  # fmt: skip
     p.add_argument("images", type=Path, nargs="+", help="image files, or folders (searched recursively)")
+    _add_runs_dir_flag(p)
 
 
 def _add_min_confidence_flag(p: argparse.ArgumentParser, below: str) -> None:
@@ -67,23 +75,23 @@ def add_preprocess(sub, common: argparse.ArgumentParser) -> None:
     )
 
 
-def _is_model_folder(path: Path) -> bool:
-    from ..inference import CONFIG
-
-    return (path / CONFIG).is_file()
-
-
 def _choose_model(args) -> None:
-    """RUN is optional: the first argument is the model folder when it is one; else the images start
+    """RUN is optional: the first argument is the model when it names one (a folder, a run name, latest, a
+    file in a run folder; or a missing path that is not an image's, so a typo gets "did you mean"); else the images start
     there and the default model reads them (said on standard error, as -q allows)."""
     from ..default_model import describe
     from ..inference import default_model_dir, read_config
+    from ..preprocess import IMAGE_SUFFIXES
+    from ..runs import looks_like_run
 
-    if args.run is not None and not _is_model_folder(args.run):
+    typo = args.run is not None and not args.run.exists() and args.run.suffix.lower() not in IMAGE_SUFFIXES
+    if args.run is not None and not typo and not looks_like_run(args.run, args.runs_dir):
         args.run, args.images = None, [args.run, *args.images]
-    if args.run is None:
-        if len(args.images) == 1 and _is_model_folder(args.images[0]):
-            raise ValueError(f"{args.images[0]} is a model folder: name the images to read after it")
+    if args.run is not None:
+        args.run = _resolve_run(args.run, args)
+    else:
+        if len(args.images) == 1 and looks_like_run(args.images[0], args.runs_dir):
+            raise ValueError(f"{args.images[0]} names a model: name the images to read after it")
         args.run = default_model_dir()
         log.info("using the default model %s", describe(read_config(args.run)))
 
@@ -142,6 +150,8 @@ def _batch(args, columns: list[str], handle) -> int:
                 failures += 1
                 bar.write(f"error: {exc}", file=sys.stderr)
                 row, text = {"file": str(path), "error": str(exc)}, f"{path}: error: {exc}"
+                if out.format == "text" and out.file is sys.stdout:
+                    continue  # said once, on standard error; a CSV, JSON Lines or --out file keeps its row
             out.write(row, text)
     finally:
         bar.close()

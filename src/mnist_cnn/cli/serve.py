@@ -7,6 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from .common import _add_runs_dir_flag, _resolve_run
+
 
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ServeSettings field, like the training flags."""
@@ -27,7 +29,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
 def add_serve(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="serve a saved model over HTTP: REST API and drawing page")
     p.add_argument("run", type=Path, nargs="?", default=None,
-                   help="run (model) folder (default: the model that ships with mnist-cnn, served on torch when it ships without model.onnx and --runtime is not given)")  # fmt: skip
+                   help="run (model) folder, run name in --runs-dir, or latest (default: the model that ships with mnist-cnn); served on torch when it has no model.onnx and --runtime is not given")  # fmt: skip
+    _add_runs_dir_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--graceful-timeout", type=float, default=10.0,
@@ -39,19 +42,24 @@ def cmd_serve(args) -> int:
     from ..default_model import describe
     from ..export import ONNX_FILE
     from ..inference import default_model_dir, load_model, read_config
-    from ..serve import run, settings_from
+    from ..serve import check_port, run, settings_from
 
-    what = args.run
     if args.run is None:
         args.run = default_model_dir()
         what = f"the default model {describe(read_config(args.run))}"
-        if args.runtime is None and not (args.run / ONNX_FILE).is_file():
-            args.runtime = "torch"  # it ships without model.onnx; `mnist-cnn export` a copy for onnxruntime
+    else:
+        args.run = _resolve_run(args.run, args)
+        what = args.run
+    note = ""
+    if args.runtime is None and not (args.run / ONNX_FILE).is_file():
+        args.runtime = "torch"  # no model.onnx (yet): `mnist-cnn export RUN` makes one for onnxruntime
+        note = f": no {ONNX_FILE}; `mnist-cnn export` makes one for onnxruntime"
     settings = settings_from(vars(args))
     load_model(args.run, runtime=settings.runtime)  # a clear error now rather than a server that never gets ready
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535; got {args.port}")
-    print(f"serving {what} ({settings.runtime} runtime) on http://{args.host}:{args.port}/ (API docs at /docs); "
+    check_port(args.host, args.port)
+    print(f"serving {what} ({settings.runtime} runtime{note}) on http://{args.host}:{args.port}/ (API docs at /docs); "
           "Ctrl-C stops", file=sys.stderr)  # fmt: skip
     run(args.run, settings, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
     return 0

@@ -36,9 +36,9 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         f"the service needs the 'serve' extra ({exc.name} is missing): pip install 'mnist-cnn[serve]'"
     ) from None
 
-from .app import create_app, run
+from .app import check_port, create_app, run
 from .errors import ApiError
 from .service import Service
 from .settings import Settings, settings_from
 
-__all__ = ["ApiError", "Service", "Settings", "create_app", "run", "settings_from"]
+__all__ = ["ApiError", "Service", "Settings", "check_port", "create_app", "run", "settings_from"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import os
 from pathlib import Path
@@ -56,6 +57,23 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
     app.include_router(page_router())
     app.add_middleware(Guard, settings=settings)
     return app
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` when ``host:port`` cannot be bound, before anything says "serving"."""
+    import socket
+
+    from ..errors import PortInUseError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUseError(f"port {port} is in use; choose another with --port") from None
 
 
 def run(model_dir: str | os.PathLike, settings: Settings, host: str = "127.0.0.1", port: int = 8000,
