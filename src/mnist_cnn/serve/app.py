@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 
 from .. import __version__
+from .docs import docs_router
 from .errors import ApiError, error_response
 from .guard import BodyTooLarge, Guard, too_large
 from .page import page_router
@@ -42,7 +43,8 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
         await loading
         await service.stop()  # uvicorn has let in-flight requests finish before this runs
 
-    app = FastAPI(title="mnist-cnn", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="mnist-cnn", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # fmt: skip  # /docs from local files, in docs_router
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -55,6 +57,7 @@ def create_app(model_dir: str | os.PathLike, settings: Settings | None = None) -
 
     app.include_router(router)
     app.include_router(page_router())
+    app.include_router(docs_router(app.title, app.openapi_url))
     app.add_middleware(Guard, settings=settings)
     return app
 
