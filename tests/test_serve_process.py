@@ -96,7 +96,7 @@ def test_start_up_errors_are_one_line_without_traceback(tmp_path, exported_run):
     folder.mkdir()
     for name in ("model.safetensors", "config.json"):
         (folder / name).write_bytes((exported_run / name).read_bytes())
-    r = serve(str(folder))
+    r = serve(str(folder), "--runtime", "onnxruntime")  # asked for explicitly: without it, torch serves it
     assert r.returncode == 2 and "mnist-cnn export" in r.stderr and "Traceback" not in r.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
