@@ -70,7 +70,8 @@ def _split(config: TrainConfig, data: MNIST) -> tuple[torch.Tensor, torch.Tensor
 def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
     """The seeded (train, validation) split as normalised tensors on ``device``; validation is
     None when ``config.val_split`` is 0. ``config.limit`` caps the training part, and
-    ``config.photo_digits`` photographed copies of training digits are added to it."""
+    ``config.photo_digits`` photographed copies of training digits and ``config.pen_digits`` drawn
+    digits (:mod:`mnist_cnn.pen_digits`) are added to it."""
     train_idx, val_idx = _split(config, data)
     x_all = to_model_input(data.train_images).to(device)
     y_all = data.train_labels.to(device)
@@ -85,6 +86,12 @@ def split_tensors(config: TrainConfig, data: MNIST, device: torch.device):
         photos = to_model_input(photographed(data.train_images[pick].numpy(), config.seed)).to(device)
         log.info("photographed %d training digits in %.0f s", len(pick), time.perf_counter() - start)
         train = (torch.cat([train[0], photos]), torch.cat([train[1], y_all[pick.to(device)]]))
+    if config.pen_digits > 0:
+        from .pen_digits import pen_digits
+
+        drawn, labels = pen_digits(config.pen_digits, config.seed + 4)
+        train = (torch.cat([train[0], to_model_input(drawn).to(device)]),
+                 torch.cat([train[1], torch.from_numpy(labels).to(device)]))  # fmt: skip
     return train, val
 
 
