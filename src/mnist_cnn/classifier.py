@@ -17,6 +17,7 @@ from torch import nn
 from .averaging import TTA
 from .errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder
+from .inputs import as_mnist_images
 from .runtime import select_device
 
 
@@ -98,16 +99,25 @@ class BaseClassifier:
         raise NotImplementedError
 
     def predict_proba(self, images, batch_size: int | None = None) -> np.ndarray:
-        """Calibrated class probabilities, shaped (N, 10), for images shaped (28, 28), (N, 28, 28) or (N, 1, 28, 28)."""
+        """Calibrated class probabilities, shaped (N, 10).
+
+        ``images``: MNIST-format arrays or tensors (28, 28), (N, 28, 28) or (N, 1, 28, 28), uint8 in 0-255
+        or float in 0-1, white digit on black; or a path, a ``PIL.Image``, an array of any other size, or a
+        list of those, which go through :func:`mnist_cnn.preprocess_image` as in the CLI. A 28x28 array
+        of dark ink on light paper is preprocessed too (see :mod:`mnist_cnn.inputs`).
+
+        >>> clf.predict_proba("seven.png").argmax(1)   # doctest: +SKIP
+        array([7])
+        """
         return torch.softmax(self._finite_logits(images, batch_size) / self.temperature, dim=1).numpy()
 
     def predict(self, images, batch_size: int | None = None) -> np.ndarray:
-        """Predicted digit per image, shaped (N,)."""
+        """Predicted digit per image, shaped (N,); ``images`` as for :meth:`predict_proba`."""
         return self._finite_logits(images, batch_size).argmax(dim=1).numpy()
 
     def _finite_logits(self, images, batch_size: int | None) -> torch.Tensor:
         """Logits, or NonFiniteOutputError: a NaN is no answer, and argmax or softmax would hide it."""
-        logits = self.logits(images, batch_size)
+        logits = self.logits(as_mnist_images(images), batch_size)
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError(
                 f"the model {self.config.get('architecture')!r} gave NaN or infinite outputs: its weights or"
@@ -140,7 +150,7 @@ class Classifier(BaseClassifier):
         return isinstance(self.model, TTA)
 
     def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
-        """Raw logits, shaped (N, 10), before the temperature."""
+        """Raw logits, shaped (N, 10), before the temperature; MNIST-format ``images`` only (no preprocessing)."""
         x = to_model_input(images, self.normalization).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
