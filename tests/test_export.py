@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import mnist_cnn
 from mnist_cnn import ModelFolderError, create_model, list_models, load_model
 from mnist_cnn.export import ExportError, export_onnx, verify_onnx
 from mnist_cnn.inference import save_model
@@ -114,3 +115,94 @@ def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tmp_path, trained
     answers = {rt: json.loads(r.stdout) for rt, r in out.items()}
     assert answers["torch"]["label"] == answers["onnxruntime"]["label"] == int(mnist.test_labels[0])
     np.testing.assert_allclose(answers["torch"]["probabilities"], answers["onnxruntime"]["probabilities"], atol=2e-6)
+
+
+# ------------------------------------------------------------------ the contract model.onnx carries (issue 14)
+
+
+@pytest.fixture(scope="module")
+def default_exported(tmp_path_factory):
+    """A copy of the default model with model.onnx exported."""
+    import shutil
+
+    from mnist_cnn import default_model_dir
+
+    folder = tmp_path_factory.mktemp("default") / "model"
+    shutil.copytree(default_model_dir(), folder)
+    export_onnx(folder)
+    return folder
+
+
+def test_the_graph_takes_raw_pixels_and_says_so_in_its_metadata(default_exported, mnist):
+    import onnxruntime as ort
+
+    images, labels = mnist.test_images[:500].numpy(), mnist.test_labels[:500].numpy()
+    session = ort.InferenceSession(str(default_exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    config = json.loads((default_exported / "config.json").read_text())
+    assert (
+        meta["normalization_in_graph"] == "true" and "0-1" in meta["input"] and "white digit on black" in meta["input"]
+    )
+    assert json.loads(meta["normalization"]) == config["normalization"]
+    assert json.loads(meta["labels"]) == [str(d) for d in range(10)]
+    assert (meta["architecture"], meta["recipe"]) == (config["architecture"], config["recipe"])
+    assert meta["mnist_cnn_version"] == mnist_cnn.__version__
+    assert float(meta["temperature"]) == pytest.approx(config["calibration"]["temperature"])
+    # Pixels / 255 straight into ONNX Runtime, no normalisation by the caller: PyTorch's logits.
+    logits = session.run(None, {"images": (images[:, None] / 255).astype(np.float32)})[0]
+    np.testing.assert_allclose(logits, load_model(default_exported).logits(images).numpy(), atol=1e-4)
+    assert (logits.argmax(1) == labels).mean() >= 0.99
+
+
+def test_onnx_classifier_does_not_normalise_twice(default_exported, mnist):
+    images = mnist.test_images[:200].numpy()
+    clf = load_model(default_exported, runtime="onnxruntime")
+    assert clf.graph_normalizes
+    np.testing.assert_allclose(clf.predict_proba(images), load_model(default_exported).predict_proba(images), atol=1e-5)
+
+
+def test_an_onnx_file_exported_before_the_normalisation_moved_into_the_graph_still_works(tmp_path, mnist):
+    from mnist_cnn.export import OPSET, _export
+
+    torch.manual_seed(0)
+    folder = save_model(tmp_path / "old", create_model("basic"), {"architecture": "basic"})
+    export_onnx(folder)  # records the weights' digest; then the graph is replaced by an old-style one
+    model = load_model(folder).model.eval().to(memory_format=torch.contiguous_format)
+    _export(model, torch.zeros(2, 1, 28, 28), folder / "model.onnx", OPSET, "basic")  # normalised input, no metadata
+    clf = load_model(folder, runtime="onnxruntime")
+    assert not clf.graph_normalizes
+    images = mnist.test_images[:100].numpy()
+    np.testing.assert_allclose(clf.predict_proba(images), load_model(folder).predict_proba(images), atol=1e-5)
+    assert verify_onnx(folder, images) <= 1e-4
+
+
+def test_an_ensemble_exports_as_one_graph_and_knows_when_a_member_changes(tmp_path, mnist_dir, mnist):
+    from mnist_cnn.ensemble import make_ensemble
+
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        runs.append(save_model(tmp_path / str(seed), create_model("basic"), {"architecture": "basic"}))
+    folder = make_ensemble(runs, tmp_path / "ens")
+    r = _cli("export", str(folder), env_data=mnist_dir)
+    assert r.returncode == 0, r.stderr
+    assert "ONNX Runtime matches PyTorch on the 10,000 test images" in r.stdout
+    images = mnist.test_images[:100].numpy()
+    np.testing.assert_allclose(
+        load_model(folder, runtime="onnxruntime").predict_proba(images),
+        load_model(folder).predict_proba(images),
+        atol=1e-5,
+    )
+    torch.manual_seed(2)
+    member = folder / "members" / "1"
+    save_model(member, create_model("basic"), json.loads((member / "config.json").read_text()))  # retrained
+    with pytest.raises(ModelFolderError, match="exported from other weights.*re-export"):
+        load_model(folder, runtime="onnxruntime")
+
+
+def test_export_of_a_folder_with_no_weights_is_one_clear_line(tmp_path, mnist_dir):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "basic"}))
+    r = _cli("export", str(folder), env_data=mnist_dir)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr

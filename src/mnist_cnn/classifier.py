@@ -157,6 +157,20 @@ class Classifier(BaseClassifier):
         return batched_logits(self.model, x, batch_size or self.default_batch_size).cpu()
 
 
+# The metadata key of model.onnx saying the graph normalises 0-1 pixels itself, and the
+# "normalisation" that leaves pixels as they are.
+NORMALIZATION_IN_GRAPH = "normalization_in_graph"
+PIXELS = {"mean": 0.0, "std": 1.0}
+
+
+def _weights_sha256_or_none(saved: ModelFolder) -> str | None:
+    """The folder's weights digest, or None for a folder that holds only model.onnx."""
+    try:
+        return saved.weights_sha256()
+    except (OSError, ModelFolderError):
+        return None
+
+
 def require_onnx():
     """The onnxruntime module, or an error saying which extra installs it."""
     try:
@@ -186,7 +200,7 @@ class OnnxClassifier(BaseClassifier):
                 f"{folder} has no {ONNX_FILE}; create it with: mnist-cnn export {folder} --format onnx"
             )
         recorded = self.config.get("onnx", {}).get("weights_sha256")
-        if recorded and saved.weights_path.is_file() and saved.weights_sha256() != recorded:
+        if recorded and _weights_sha256_or_none(saved) not in (None, recorded):
             raise ModelFolderError(
                 f"{path} was exported from other weights than {saved.weights_path}; re-export with: "
                 f"mnist-cnn export {folder} --format onnx"
@@ -202,10 +216,17 @@ class OnnxClassifier(BaseClassifier):
             raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
         self._input = self.session.get_inputs()[0].name
         self.device = torch.device("cpu")
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def graph_normalizes(self) -> bool:
+        """Whether the graph takes 0-1 pixels and normalises them itself (exported since issue 14); a
+        ``model.onnx`` exported before takes normalised inputs, which :meth:`logits` then computes."""
+        return self.metadata.get(NORMALIZATION_IN_GRAPH) == "true"
 
     def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
         """Raw logits from the exported graph; :meth:`predict_proba` divides them by the temperature."""
-        x = to_model_input(images, self.normalization).numpy()
+        x = to_model_input(images, PIXELS if self.graph_normalizes else self.normalization).numpy()
         if len(x) == 0:
             return torch.empty(0, 10)
         step = batch_size or self.default_batch_size

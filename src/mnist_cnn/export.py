@@ -1,6 +1,11 @@
 """ONNX export of a model folder, and the ONNX Runtime backend that predicts with it.
 
-``export_onnx`` writes ``model.onnx`` (dynamic batch dimension) next to ``model.safetensors``;
+``export_onnx`` writes ``model.onnx`` (dynamic batch dimension) next to ``model.safetensors``, or in
+an ensemble folder (one graph averaging the members). The graph takes *pixels*: float32 (N, 1, 28, 28)
+in 0-1, white digit on black in MNIST framing, and normalises them itself; its ``metadata_props`` say
+so (:data:`METADATA`), with the normalisation, labels, architecture, recipe, package version and
+calibration temperature. A ``model.onnx`` exported before took normalised input and has no metadata;
+:class:`OnnxClassifier` tells them apart by the ``normalization_in_graph`` key.
 ``verify_onnx`` checks ONNX Runtime's logits against PyTorch's; both record what they did in the
 folder's ``config.json`` (opset, exporter, the SHA-256 of the weights it was exported from, the
 largest difference measured). ``load_model(folder, runtime="onnxruntime")`` returns an
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -24,18 +30,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from .classifier import OnnxClassifier, require_onnx
+from ._version import __version__
+from .classifier import NORMALIZATION_IN_GRAPH, OnnxClassifier, require_onnx
 from .errors import MnistCnnError
-from .folder import ONNX_FILE, ModelFolder, atomic_write
+from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder, atomic_write
 from .inference import load_model
 
 __all__ = [
     "ONNX_FILE",
     "OPSET",
     "TOLERANCE",
+    "METADATA",
     "ExportError",
     "OnnxClassifier",
+    "PixelInput",
     "export_onnx",
     "file_sha256",
     "verify_onnx",
@@ -74,22 +84,42 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
+# What model.onnx says about itself in its metadata_props (besides the values of the folder's config).
+INPUT = "images: float32 (N, 1, 28, 28), greyscale pixels in 0-1 (uint8 / 255), white digit on black, MNIST framing"
+OUTPUT = "logits: float32 (N, 10); softmax(logits / temperature) gives the calibrated probabilities"
+METADATA = ("input", "output", NORMALIZATION_IN_GRAPH, "normalization", "labels", "architecture", "recipe",
+            "mnist_cnn_version", "temperature")  # fmt: skip
+
+
+class PixelInput(nn.Module):
+    """A network that takes 0-1 pixels: normalises them as in training, so the exported graph needs no
+    preprocessing arithmetic from its caller."""
+
+    def __init__(self, model: nn.Module, normalization: dict):
+        super().__init__()
+        self.model, self.mean, self.std = model, float(normalization["mean"]), float(normalization["std"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, 28, 28) in 0-1
+        return self.model((x - self.mean) / self.std)
+
+
 def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write ``model.onnx`` for the model folder (input ``images`` (N, 1, 28, 28), output ``logits`` (N, 10)).
 
-    The input is the *normalised* tensor, as for the PyTorch model; :class:`OnnxClassifier` applies the
-    folder's normalisation first. Uses the ``torch.export``-based exporter (PyTorch's default), and the
-    TorchScript one if that fails for an architecture.
+    The input is pixels in 0-1 (the graph normalises them: :class:`PixelInput`), described in the file's
+    metadata (:func:`onnx_metadata`). Works for ensemble folders too (one graph). Uses the
+    ``torch.export``-based exporter (PyTorch's default), and the TorchScript one if that fails for an
+    architecture.
     """
     require_onnx()
     folder = Path(folder)
     clf = load_model(folder)
-    model = clf.model.cpu().eval().to(memory_format=torch.contiguous_format)
+    model = PixelInput(clf.model.cpu().eval().to(memory_format=torch.contiguous_format), clf.normalization).eval()
     example = torch.zeros(2, 1, 28, 28)
     with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; atomic_write moves it in
         tmp = Path(scratch) / ONNX_FILE
         exporter = _export(model, example, tmp, opset, clf.config["architecture"])
-        atomic_write(folder / ONNX_FILE, tmp.read_bytes())
+        atomic_write(folder / ONNX_FILE, _with_metadata(tmp, onnx_metadata(clf.config, clf.temperature)))
     saved = ModelFolder(folder)
     saved.update(onnx={
         "file": ONNX_FILE,
@@ -97,9 +127,40 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
         "exporter": exporter,
         "torch": torch.__version__,
         "weights_sha256": saved.weights_sha256(),
+        "input": INPUT,
+        NORMALIZATION_IN_GRAPH: True,
     })  # fmt: skip
     log.info("wrote %s (opset %d, %s exporter)", folder / ONNX_FILE, opset, exporter)
     return folder / ONNX_FILE
+
+
+def onnx_metadata(config: dict, temperature: float = 1.0) -> dict[str, str]:
+    """The ``metadata_props`` of an exported model: what it takes and gives, and where it came from."""
+    return {
+        "input": INPUT,
+        "output": OUTPUT,
+        NORMALIZATION_IN_GRAPH: "true",
+        "normalization": json.dumps(config.get("normalization", MNIST_NORMALIZATION)),
+        "labels": json.dumps(config.get("labels", LABELS)),
+        "architecture": str(config.get("architecture", "")),
+        "recipe": str(config.get("recipe") or ""),
+        "mnist_cnn_version": __version__,
+        "temperature": repr(float(temperature)),
+    }
+
+
+def _with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
+    """The ONNX file at ``path`` with ``metadata`` as its metadata_props (replacing any of the same keys)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"mnist-cnn {metadata.get('architecture')}: {INPUT} -> {OUTPUT}"
+    return proto.SerializeToString()
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, name: str) -> str:

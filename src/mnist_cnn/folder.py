@@ -181,7 +181,16 @@ class ModelFolder:
             raise ModelFolderError(f"{self.weights_path} is damaged: {exc}") from None
 
     def weights_sha256(self) -> str:
-        return hashlib.sha256(self.weights_path.read_bytes()).hexdigest()
+        """SHA-256 of ``model.safetensors``; for an ensemble folder (no weights of its own), of its
+        members' digests in order, so an ensemble's ``model.onnx`` also knows when its weights changed."""
+        if self.weights_path.is_file():
+            return hashlib.sha256(self.weights_path.read_bytes()).hexdigest()
+        config = self.read()
+        if config.get("architecture") != ENSEMBLE:
+            raise ModelFolderError(f"{self.path} has no {WEIGHTS}; a model folder holds {WEIGHTS} and {CONFIG}")
+        members = [m.get("folder", "") if isinstance(m, dict) else m for m in config.get(MEMBERS) or []]
+        digests = [ModelFolder(self.path / str(m)).weights_sha256() for m in members]
+        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def _is_number(value) -> bool:
