@@ -44,7 +44,9 @@ def test_a_list_mixes_paths_images_and_arrays_in_order(clf, scan, digits):
 
 def test_mnist_format_arrays_go_to_the_model_unchanged(digits):
     images = digits[0]
-    for same in (images, images[0], images[:, None], torch.from_numpy(images), images.astype(np.float32) / 255):
+    bold = np.zeros((28, 28), np.uint8)
+    bold[4:24, 4:24] = 255  # brighter than half on average, but on black like any MNIST frame
+    for same in (images, images[0], images[:, None], torch.from_numpy(images), images.astype(np.float32) / 255, bold):
         assert as_mnist_images(same) is same
 
 
