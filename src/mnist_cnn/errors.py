@@ -74,3 +74,9 @@ class NonFiniteOutputError(MnistCnnError):
     """A model gave NaN or infinite probabilities (broken weights, a zero normalisation std): no answer, not a wrong one."""
 
     exit_code = 2
+
+
+class KerasImportError(MnistCnnError):
+    """``mnist-cnn import-keras``: the file is damaged, not a saved Keras model, or of an architecture with no counterpart here."""
+
+    exit_code = 2

@@ -6,7 +6,7 @@ failure); 2 a usage or data error (bad flag, missing data folder, corrupt file);
 
 One module per group of commands, each holding the commands' sub-parsers (``add_NAME``) and
 their work (``cmd_NAME``): ``training`` (train, tune, recipes, runs, show), ``evaluation``
-(evaluate, calibrate, ensemble, export), ``images`` (predict, read, preprocess) and ``serve``;
+(evaluate, calibrate, ensemble, export, import-keras), ``images`` (predict, read, preprocess) and ``serve``;
 ``common`` holds the flags and steps several of them share. This module puts the parser together
 and runs a command.
 """
@@ -24,10 +24,12 @@ from .evaluation import (
     add_ensemble,
     add_evaluate,
     add_export,
+    add_import_keras,
     cmd_calibrate,
     cmd_ensemble,
     cmd_evaluate,
     cmd_export,
+    cmd_import_keras,
 )
 from .images import add_predict, add_preprocess, add_read, cmd_predict, cmd_preprocess, cmd_read
 from .serve import add_serve, cmd_serve
@@ -54,6 +56,7 @@ SUBPARSERS = (
     add_ensemble,
     add_predict,
     add_export,
+    add_import_keras,
     add_serve,
     add_read,
     add_preprocess,
@@ -70,6 +73,7 @@ COMMANDS = {
     "ensemble": cmd_ensemble,
     "predict": cmd_predict,
     "export": cmd_export,
+    "import-keras": cmd_import_keras,
     "serve": cmd_serve,
     "read": cmd_read,
     "preprocess": cmd_preprocess,

@@ -1,4 +1,5 @@
-"""The commands that start from a trained model folder: ``evaluate``, ``calibrate``, ``ensemble``, ``export``."""
+"""The commands that start from a trained model folder: ``evaluate``, ``calibrate``, ``ensemble``, ``export``;
+and ``import-keras``, which makes one from a Keras file."""
 
 from __future__ import annotations
 
@@ -40,6 +41,29 @@ def add_ensemble(sub, common: argparse.ArgumentParser) -> None:
     _add_tta_flag(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
+
+
+def add_import_keras(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "import-keras",
+        parents=[common],
+        help="make a model folder from a Keras model file (.keras or .h5) of a seed architecture",
+    )
+    p.add_argument(
+        "model", type=Path, metavar="MODEL", help="Keras 3 .keras or Keras 2 .h5 file saved with model.save(...)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (required; no default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder (default: refuse)")
+
+
+def cmd_import_keras(args) -> int:
+    from ..folder import read_config
+    from ..keras_import import import_keras
+
+    out = import_keras(args.model, args.out, overwrite=args.overwrite)
+    print(f"{args.model} -> {out} (architecture {read_config(out)['architecture']}); "
+          f"try: mnist-cnn evaluate {out}")  # fmt: skip
+    return 0
 
 
 def add_export(sub, common: argparse.ArgumentParser) -> None:
