@@ -89,7 +89,7 @@ def keras_forward(layers, arrays, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def write_keras3(path, layers, arrays) -> None:
+def write_keras3(path, layers, arrays, prefix: str = "layers") -> None:
     """A Keras 3 ``.keras`` zip: config.json, metadata.json and model.weights.h5."""
     specs = [{"module": "keras.layers", "class_name": "InputLayer",
               "config": {"batch_shape": [None, 28, 28, 1], "dtype": "float32", "name": "input_layer"}}]  # fmt: skip
@@ -102,7 +102,7 @@ def write_keras3(path, layers, arrays) -> None:
         for kind, _ in layers:  # Keras 3 names the groups by class: conv2d, conv2d_1, max_pooling2d, ...
             snake = {"Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "Dense": "dense"}.get(kind, kind.lower())
             counts[snake] = counts.get(snake, -1) + 1
-            group = f.create_group(f"layers/{snake}" + (f"_{counts[snake]}" if counts[snake] else "") + "/vars")
+            group = f.create_group(f"{prefix}/{snake}" + (f"_{counts[snake]}" if counts[snake] else "") + "/vars")
             if kind in ("Conv2D", "Dense"):
                 for k, array in enumerate(next(weights)):
                     group.create_dataset(str(k), data=array)
@@ -133,7 +133,11 @@ def write_keras2(path, layers, arrays, *, with_config: bool = True) -> None:
                 g.create_dataset(wname, data=array)
 
 
-WRITERS = {"keras": write_keras3, "h5": write_keras2}
+WRITERS = {
+    "keras": write_keras3,
+    "keras-2.15": lambda *a: write_keras3(*a, prefix="_layer_checkpoint_dependencies"),  # .keras of Keras 2.13-2.15
+    "h5": write_keras2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +156,7 @@ def test_import_gives_the_torch_models_logits(tmp_path, images, name, fmt):
         expected = model(torch.from_numpy(x[:, None])).numpy()
     np.testing.assert_allclose(keras_forward(layers, arrays, x[..., None]), expected, atol=1e-4)  # the fixture is right
 
-    path = tmp_path / f"model.{fmt}"
+    path = tmp_path / f"model.{fmt.split('-')[0]}"
     WRITERS[fmt](path, layers, arrays)
     out = import_keras(path, tmp_path / "run")
     clf = load_model(out)

@@ -8,7 +8,8 @@ The seed tutorials' three Keras models are layer for layer ``basic``, ``dropout`
 ``three-conv`` (:data:`KERAS_ARCHITECTURES`). The file is read with h5py, TensorFlow is not needed:
 
 - ``.keras`` (Keras 3): a zip of ``config.json`` and ``model.weights.h5``, whose variables sit in
-  ``layers/<class name in snake case, numbered>/vars/0, 1`` (kernel, bias);
+  ``layers/<class name in snake case, numbered>/vars/0, 1`` (kernel, bias; Keras 2.13-2.15 wrote
+  ``_layer_checkpoint_dependencies/`` instead of ``layers/``);
 - ``.h5`` (Keras 2, ``model.save("m.h5")``): the ``model_config`` attribute and
   ``model_weights/<layer>/<layer>/kernel:0``, listed by each group's ``weight_names``.
 
@@ -115,7 +116,9 @@ def _read_keras3(path: Path, h5py) -> KerasModel:
             snake = _snake_case(kind)  # Keras 3 names a layer's variables by class, numbered: dense, dense_1, ...
             number = counts.get(snake, -1) + 1
             counts[snake] = number
-            group = f"layers/{snake}" + (f"_{number}" if number else "") + "/vars"
+            inner = f"{snake}" + (f"_{number}" if number else "") + "/vars"
+            # Keras 3 keeps them under layers/; the .keras files of Keras 2.13-2.15 under _layer_checkpoint_dependencies/
+            group = next((g for g in (f"layers/{inner}", f"_layer_checkpoint_dependencies/{inner}") if g in f), inner)
             arrays = []
             if kind in _WEIGHTED:
                 if group not in f:
