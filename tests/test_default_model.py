@@ -17,6 +17,7 @@ import mnist_cnn
 from mnist_cnn import cli as cli_module
 from mnist_cnn import default_model, inference
 from mnist_cnn.errors import MnistCnnError, ModelFolderError
+from mnist_cnn.folder import read_config
 from test_cli import cli
 from test_serve_process import serve_load
 
@@ -159,3 +160,15 @@ def test_training_commands_of_a_fine_tuned_run_start_with_its_base(small_run):
     base, tuned = default_model.training_commands(config, "reader-4")
     assert base == "mnist-cnn train --recipe fast --epochs 2 --seed 3 --deterministic --runs-dir runs --name fast-small"
     assert tuned == "mnist-cnn train --recipe reader --init runs/fast-small --seed 4 --runs-dir runs --name reader-4"
+
+
+def test_a_run_fine_tuned_from_the_default_model_keeps_its_whole_chain():
+    pretrained = Path(mnist_cnn.__file__).parent / "pretrained"
+    shipped = read_config(pretrained)["default_model"]
+    train_config = {**mnist_cnn.get_recipe("robust").config.to_dict(), "init": str(pretrained), "pen_digits": 5}
+    commands = default_model.training_commands({"recipe": "robust", "train_config": train_config}, "next")
+    assert commands[:-1] == shipped["training_commands"]
+    assert (
+        commands[-1]
+        == f"mnist-cnn train --recipe robust --init runs/{shipped['name']} --pen-digits 5 --runs-dir runs --name next"
+    )

@@ -54,12 +54,8 @@ def training_commands(config: dict, name: str, runs_dir: str = "runs") -> list[s
     commands = []
     init = train_config.get("init") or ""
     if init:
-        init_name = Path(init).name
+        init_name, commands = _init_commands(init, name, runs_dir)
         train_config["init"] = f"{runs_dir}/{init_name}"
-        try:
-            commands = training_commands(read_config(init), init_name, runs_dir)
-        except ModelFolderError:
-            log.warning("the run %s started from, %s, cannot be read: its command is not recorded", name, init)
     flags = [f"--recipe {recipe}"] if base is not None else []
     for f in dataclasses.fields(base or _default_config()):
         value = train_config.get(f.name, f.default)
@@ -69,6 +65,20 @@ def training_commands(config: dict, name: str, runs_dir: str = "runs") -> list[s
         flags.append("--deterministic")
     flags.append(f"--runs-dir {runs_dir} --name {name}")
     return [*commands, " ".join(["mnist-cnn train", *[f for f in flags if f]])]
+
+
+def _init_commands(init: str, name: str, runs_dir: str) -> tuple[str, list[str]]:
+    """(name, commands) of the run a fine-tuned run started from. A shipped default model (it started
+    from the package's own) carries its name and commands; a run folder is read; otherwise none."""
+    try:
+        config = read_config(init)
+    except ModelFolderError:
+        log.warning("the run %s started from, %s, cannot be read: its command is not recorded", name, init)
+        return Path(init).name, []
+    shipped = config.get("default_model") or {}
+    if shipped.get("name") and shipped.get("training_commands"):
+        return shipped["name"], list(shipped["training_commands"])
+    return Path(init).name, training_commands(config, Path(init).name, runs_dir)
 
 
 def _default_config():
