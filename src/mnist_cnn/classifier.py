@@ -109,15 +109,23 @@ class BaseClassifier:
         >>> clf.predict_proba("seven.png").argmax(1)   # doctest: +SKIP
         array([7])
         """
-        return torch.softmax(self._finite_logits(images, batch_size) / self.temperature, dim=1).numpy()
+        return self.frame_proba(as_mnist_images(images), batch_size)
 
     def predict(self, images, batch_size: int | None = None) -> np.ndarray:
         """Predicted digit per image, shaped (N,); ``images`` as for :meth:`predict_proba`."""
-        return self._finite_logits(images, batch_size).argmax(dim=1).numpy()
+        return self._finite_logits(as_mnist_images(images), batch_size).argmax(dim=1).numpy()
+
+    def frame_proba(self, frames, batch_size: int | None = None) -> np.ndarray:
+        """Calibrated probabilities of frames already in MNIST format, taken exactly as they are.
+
+        What the CLI, the reader and the server call after :func:`mnist_cnn.preprocess_image` (or on
+        the service's JSON pixels): no second guess about polarity or size, unlike :meth:`predict_proba`.
+        """
+        return torch.softmax(self._finite_logits(frames, batch_size) / self.temperature, dim=1).numpy()
 
     def _finite_logits(self, images, batch_size: int | None) -> torch.Tensor:
         """Logits, or NonFiniteOutputError: a NaN is no answer, and argmax or softmax would hide it."""
-        logits = self.logits(as_mnist_images(images), batch_size)
+        logits = self.logits(images, batch_size)
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError(
                 f"the model {self.config.get('architecture')!r} gave NaN or infinite outputs: its weights or"

@@ -105,7 +105,7 @@ def read_digits(
     if not lines:
         return Reading("", [], record)
     frames = np.stack([f for line in lines for f, _ in line])
-    probs = clf.predict_proba(frames)
+    probs = clf.frame_proba(frames)
     digits, texts, n = [], [], 0
     for number, line in enumerate(lines):
         chars = []

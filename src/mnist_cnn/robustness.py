@@ -144,7 +144,7 @@ def outcomes(clf, suite_set: SuiteSet, min_confidence: float = DEFAULT_MIN_CONFI
     s = suite_set
     top, label = np.zeros(len(s.found)), np.full(len(s.found), -1)
     if s.found.any():
-        probs = clf.predict_proba(s.frames[s.found])
+        probs = clf.frame_proba(s.frames[s.found])
         top[s.found], label[s.found] = probs.max(1), probs.argmax(1)
     out = {"no_digit": ~s.found, "not_sure": s.found & (top < min_confidence)}
     out["refused"] = out["no_digit"] | out["not_sure"]

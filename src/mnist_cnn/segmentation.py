@@ -349,7 +349,7 @@ def _group_scores(page: _Page, groups: list[_Piece], height: float) -> np.ndarra
     ok = [k for k, f in enumerate(framed) if f]
     score = np.full(len(groups), -np.inf)
     if ok:
-        probs = page.clf.predict_proba(np.stack([framed[k][0][0] for k in ok]))
+        probs = page.clf.frame_proba(np.stack([framed[k][0][0] for k in ok]))
         score[ok] = np.log(np.clip(probs.max(1), 1e-12, 1))
     short = np.array([g.h / height for g in groups])
     return score - page.params.short_cost * np.maximum(0, page.params.short - short)

@@ -193,7 +193,7 @@ def cmd_predict(args) -> int:
         except NoDigitError:
             row = {"file": str(path), "label": None, "uncertain": None, "not_a_digit": True, "no_digit": True}
             return row, f"{path}: no digit found"
-        probs = clf.predict_proba(image)[0]
+        probs = clf.frame_proba(image[None])[0]
         label = int(np.argmax(probs))
         uncertain = bool(probs[label] < args.min_confidence)
         row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),

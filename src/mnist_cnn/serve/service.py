@@ -53,7 +53,7 @@ class Service:
         self.parameters = _count_parameters(clf, self.model_dir)
         # Warm-up: the first calls at each batch size allocate and pick kernels.
         for n in (1, 2, 8, self.settings.max_batch):
-            clf.predict_proba(np.zeros((n, 28, 28), np.float32))
+            clf.frame_proba(np.zeros((n, 28, 28), np.float32))
         return clf
 
     def load_now(self) -> None:
@@ -81,7 +81,7 @@ class Service:
 
     def _start_batcher(self, load_s: float) -> None:
         s = self.settings
-        batcher = MicroBatcher(self.classifier.predict_proba, s.max_batch, s.max_queue, s.batch_wait_ms / 1000)
+        batcher = MicroBatcher(self.classifier.frame_proba, s.max_batch, s.max_queue, s.batch_wait_ms / 1000)
         batcher.start()
         self.batcher = batcher
         log.info("model %s ready (%s, %s runtime) in %.2f s", self.model_dir, self.config["architecture"],
