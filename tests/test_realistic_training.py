@@ -81,7 +81,9 @@ def test_init_starts_from_a_trained_model_and_refuses_another_architecture(train
         train_run(config.replace(model="fast"), mnist, tmp_path / "wrong", device="cpu", progress=False)
 
 
-@pytest.mark.parametrize("change", [{"photo_digits": -1}, {"pen_digits": -1}, {"reject_weight": -0.5}, {"not_digits": -1}])
+@pytest.mark.parametrize(
+    "change", [{"photo_digits": -1}, {"pen_digits": -1}, {"reject_weight": -0.5}, {"not_digits": -1}]
+)
 def test_negative_photo_digits_or_reject_weight_is_refused(change):
     with pytest.raises(ValueError, match="photo_digits, pen_digits, reject_weight and not_digits must be >= 0"):
         TrainConfig(**change)
