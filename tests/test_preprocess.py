@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from mnist_cnn import MnistCnnError, load_model
 from mnist_cnn.errors import FormatNotAcceptedError, NotAnImageError, TooManyPixelsError
@@ -346,3 +347,35 @@ def test_a_digits_own_bars_and_stems_are_not_taken_for_lines(square):
         result = preprocess_image(255 - frame)
         assert result.record.lines_removed == 0
         assert result.array.astype(bool).sum() > 30  # the glyph itself, nothing taken out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def test_a_shadow_across_the_digit_is_taken_out_with_the_paper(mnist):
+    """A hand's shadow (half the page at 55% of the light, its soft edge through the digit) is paper, not ink."""
+    corrs = []
+    for digit in mnist.train_images[:20].numpy():
+        page = _on_paper(digit).astype(np.float32)
+        h, w = page.shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        shade = 1 - 0.45 * ndimage.gaussian_filter((xx + 0.6 * yy > 0.8 * w).astype(np.float32), 4)  # a soft edge
+        result = preprocess_image(np.round(page * shade).astype(np.uint8))
+        corrs.append(_corr(result.array, preprocess_image(page.astype(np.uint8)).array))
+        assert result.record.inverted and result.record.background == "shadowed (removed)"
+    # Before: the shadowed half was "ink" and the frame a dark wedge (corr < 0.5 for most).
+    assert np.mean(np.array(corrs) > 0.85) >= 0.9, corrs
+
+
+def test_sensor_noise_is_smoothed_before_the_threshold(mnist):
+    """A dim photo's Gaussian noise (20 grey levels) leaves the strokes whole, and the record says so."""
+    rng = np.random.default_rng(0)
+    corrs = []
+    for digit in mnist.train_images[:20].numpy():
+        page = _on_paper(digit).astype(np.float32)
+        noisy = np.clip(np.round(page + rng.normal(0, 20, page.shape)), 0, 255).astype(np.uint8)
+        result = preprocess_image(noisy)
+        corrs.append(_corr(result.array, preprocess_image(page.astype(np.uint8)).array))
+        assert any(note.startswith("noise smoothed") for note in result.record.notes)
+    assert np.mean(np.array(corrs) > 0.85) >= 0.9, corrs

@@ -46,6 +46,12 @@ BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 
 CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
 MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full range (20 grey levels)
 MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
+SHADOW_SHRINK = 0.5  # a shadow: both polarities' closings leave under half the smooth fit's ink share
+LOCAL_SIDE, LOCAL_ELEMENT = (
+    128,
+    0.25,
+)  # shadows: a closing on a copy this size, the element this share of its longer side
+NOISY, DENOISE_SIGMA = 0.025, 1.0  # paper noise above 2.5% of the range (6 grey levels) is smoothed, sigma in px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
 
@@ -98,16 +104,20 @@ def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray
     return (_design(h, w, terms) @ coef).astype(np.float32)
 
 
+def _minority(resid: np.ndarray) -> float:
+    """Share of the smaller side of Otsu's split of a residual: about the ink's share when the paper is flat."""
+    lo, hi = float(resid.min()), float(resid.max())
+    if hi - lo < 1e-6:
+        return 0.0
+    share = float((resid < lo + otsu((resid - lo) / (hi - lo)) * (hi - lo)).mean())
+    return min(share, 1 - share)
+
+
 def _flat_paper(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The paper-majority fit: (surface, residual, share of the residual's minority side by Otsu's split)."""
     bg = _background(grey)
     resid = grey - bg
-    lo, hi = float(resid.min()), float(resid.max())
-    if hi - lo < 1e-6:
-        return bg, resid, 0.0
-    split = resid < lo + otsu((resid - lo) / (hi - lo)) * (hi - lo)
-    share = float(split.mean())
-    return bg, resid, min(share, 1 - share)
+    return bg, resid, _minority(resid)
 
 
 def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
@@ -134,21 +144,67 @@ def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
 def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.ndarray | None]:
     """(surface of the paper, bool mask of paper pixels or None); sets ``record.inverted`` and ``record.polarity``.
 
-    Most images are mostly paper: a smooth surface fitted to the majority removes uneven light,
-    and the ink is the side (darker or lighter) with more strong deviations from it. When the
-    ink is a large part of the image (a tight crop), no majority can be trusted: see :func:`_two_classes`.
+    Most images are mostly paper: a smooth surface fitted to the majority removes uneven light, the
+    ink is the side (darker or lighter) with more strong deviations from it, and a closing (see
+    :func:`_local_paper`) takes out a shadow's edge. When a shadow covers much of the page, no
+    smooth surface fits: each polarity's closing is tried instead. When the ink is a large part of
+    the image (a tight crop), no majority can be trusted: see :func:`_two_classes`.
     """
     bg, resid, minority = _flat_paper(grey)
+    big = min(grey.shape) >= 32
     if minority < MAX_INK_SHARE:
-        spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
-        strong = 4 * spread + 0.02
-        dark = float(np.clip(-resid - strong, 0, None).sum())
-        light = float(np.clip(resid - strong, 0, None).sum())
-        record.inverted = dark > light
-        record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
-        return bg, None
-    paper = _two_classes(grey, record)
-    return _background(grey, paper), paper
+        record.inverted = _strong_ink(resid, True) > _strong_ink(resid, False)
+        fit = bg
+        if big:
+            local = _local_paper(grey, record.inverted)
+            # Where the light changes sharply (a shadow's edge crosses the page), nothing smooth fits it.
+            if float(np.percentile(np.abs(local - bg), 90)) > MIN_CONTRAST:
+                fit = local
+    else:
+        # A shadow: under either polarity's closing, far less stands out than from the smooth fit. A tight
+        # crop: its ink stays (under the right polarity) as much as it was.
+        fits = {dark: _local_paper(grey, dark) for dark in (True, False)} if big else {}
+        if not fits or max(_minority(grey - fit) for fit in fits.values()) >= SHADOW_SHRINK * minority:
+            paper = _two_classes(grey, record)
+            return _background(grey, paper), paper
+        record.inverted = float(np.median(grey)) > 0.5  # the paper is most of what is left: light or dark
+        fit = fits[record.inverted]
+    record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
+    if float(np.abs(fit - bg).max()) > MIN_CONTRAST:
+        record.background = "shadowed (removed)"
+    return fit, None
+
+
+def _strong_ink(resid: np.ndarray, dark: bool) -> float:
+    """How much ink of one polarity stands out from a smooth paper: the summed deviations beyond 4 noise levels."""
+    spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
+    return float(np.clip((-resid if dark else resid) - (4 * spread + 0.02), 0, None).sum())
+
+
+def _local_paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """The paper under dark (light) ink as a morphological closing (opening) of the image, with an element
+    a quarter of its longer side: far wider than a stroke, so the strokes are filled in, while a shadow
+    or a lamp's spot (wider than the element) stays, its edge as sharp as it is.
+    """
+    small, _ = downscale(grey, LOCAL_SIDE)
+    size = max(3, round(LOCAL_ELEMENT * max(small.shape)))
+    smooth = ndimage.uniform_filter(small, 3)  # noise would bias a max filter towards the paper's brightest grains
+    local = (ndimage.grey_closing if dark_ink else ndimage.grey_opening)(smooth, size=(size, size))
+    local = np.asarray(Image.fromarray(local, "F").resize(grey.shape[::-1], Image.Resampling.BILINEAR))
+    # Scaling back blurs a sharp shadow's edge by a few pixels, which would leave a line of "ink" along it
+    # on the dark side: the surface is pushed under (over) the image there.
+    reach = 2 * int(np.ceil(max(grey.shape) / max(small.shape))) + 1
+    return (ndimage.minimum_filter if dark_ink else ndimage.maximum_filter)(local, size=reach)
+
+
+def _spread(resid: np.ndarray, paper: np.ndarray | None) -> float:
+    """Noise level of the paper, from the pixels closest to the background (or known to be paper)."""
+    noise = resid if paper is None or paper.sum() < 16 else resid[paper]
+    return 1.4826 * float(np.median(np.abs(noise - np.median(noise)))) + 1e-4
+
+
+def _no_digit(record: PreprocessRecord) -> NoDigitError:
+    return NoDigitError(f"{record.source}: no digit found (the image holds no ink that stands out from the background)")
 
 
 def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
@@ -159,25 +215,25 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     record = record if record is not None else PreprocessRecord()
     bg, paper = _paper(grey, record)
     resid = grey - bg
-    if float(bg.max() - bg.min()) > 0.1:
+    if record.inverted:  # light falls on ink and paper alike: ink's contrast in a shadow is scaled down with it
+        resid = resid * (float(np.median(bg)) / np.maximum(bg, 0.05))
+    if float(bg.max() - bg.min()) > 0.1 and record.background == "flat":
         record.background = "uneven (removed)"
-    # Noise level of the paper, from the pixels closest to the background (or known to be paper).
-    noise = resid if paper is None or paper.sum() < 16 else resid[paper]
-    spread = 1.4826 * float(np.median(np.abs(noise - np.median(noise)))) + 1e-4
+    spread = _spread(resid, paper)
+    if spread > NOISY:  # grainy paper, pencil, a dim photo: average the grain away before any threshold
+        resid = ndimage.gaussian_filter(resid, DENOISE_SIGMA)
+        spread = _spread(resid, paper)
+        record.notes.append(f"noise smoothed (Gaussian, sigma {DENOISE_SIGMA} px)")
     ink = np.clip(-resid if record.inverted else resid, 0, None)
 
     top = float(ink.max())
     if top < MIN_CONTRAST or top < 6 * spread:
-        raise NoDigitError(
-            f"{record.source}: no digit found (the image holds no ink that stands out from the background)"
-        )
+        raise _no_digit(record)
     t = otsu(ink / top) * top
     level = float(np.median(ink[ink > t])) if np.any(ink > t) else top
     record.threshold, record.contrast = round(t, 4), round(level, 4)
     if level < MIN_CONTRAST or level < 6 * spread:
-        raise NoDigitError(
-            f"{record.source}: no digit found (the image holds no ink that stands out from the background)"
-        )
+        raise _no_digit(record)
     # Soft threshold: below half of Otsu's level (and above the noise) is paper, the typical ink
     # level and above is solid ink, and the ramp between keeps anti-aliased edges grey.
     lo = max(0.5 * t, min(3 * spread, 0.9 * t))
@@ -194,8 +250,8 @@ def components(ink: np.ndarray, level: float = 0.35) -> tuple[np.ndarray, int]:
 def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
     """Keep the digit's pieces; remove small blobs of dust or noise well apart from it."""
     labels, count = components(ink)
-    if count <= 1:
-        return ink if count else ink * 0
+    if count == 0:
+        return ink * 0
     idx = np.arange(1, count + 1)
     mass = ndimage.sum_labels(ink, labels, idx)
     boxes = ndimage.find_objects(labels)
