@@ -51,6 +51,10 @@ LOCAL_SIDE, LOCAL_ELEMENT = (
     128,
     0.25,
 )  # shadows: a closing on a copy this size, the element this share of its longer side
+PRINTED_LINE_SPAN, PRINTED_LINE_WIDTH = (
+    0.6,
+    4,
+)  # a printed line runs across this share of the image, thinner than this (px, or 3% of its side)
 NOISY, DENOISE_SIGMA = 0.025, 1.0  # paper noise above 2.5% of the range (6 grey levels) is smoothed, sigma in px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
@@ -207,6 +211,30 @@ def _no_digit(record: PreprocessRecord) -> NoDigitError:
     return NoDigitError(f"{record.source}: no digit found (the image holds no ink that stands out from the background)")
 
 
+def _drop_printed_lines(ink: np.ndarray, spread: float, record: PreprocessRecord) -> np.ndarray:
+    """Ruled or squared paper printed fainter than the ink: its lines (thin straight runs across most of
+    the image) are paper, except where a stroke crosses them, which is darker than the line.
+
+    ``ink`` is the raw ink (0-1, bright). Lines as dark as the ink are left to :func:`remove_lines`.
+    """
+    mask = ink > max(4 * spread, 0.5 * MIN_CONTRAST)
+    lines = np.zeros_like(mask)
+    for axis, side in ((1, ink.shape[1]), (0, ink.shape[0])):
+        length = max(8, round(PRINTED_LINE_SPAN * side))
+        runs = ndimage.binary_opening(mask, structure=np.ones((1, length) if axis == 1 else (length, 1), bool))
+        width = max(PRINTED_LINE_WIDTH, round(0.03 * min(ink.shape)))
+        thick = ndimage.binary_opening(runs, structure=np.ones((width, width), bool))
+        lines |= runs & ~ndimage.binary_dilation(thick)  # thin runs only: a bold bar is a stroke
+    if lines.sum() < 2 * min(ink.shape):
+        return ink
+    level, top = float(np.median(ink[lines])), float(np.percentile(ink[mask], 99))
+    if level > 0.6 * top:
+        return ink
+    faint = ndimage.binary_dilation(lines) & (ink < 0.5 * (level + top))
+    record.notes.append(f"printed lines removed (at {level:.2f} of the range, the ink at {top:.2f})")
+    return np.where(faint, 0, ink).astype(np.float32)
+
+
 def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
     """Float32 (H, W) in 0-1: 0 where there is paper, 1 where there is solid ink, grey at the edges.
 
@@ -225,6 +253,7 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
         spread = _spread(resid, paper)
         record.notes.append(f"noise smoothed (Gaussian, sigma {DENOISE_SIGMA} px)")
     ink = np.clip(-resid if record.inverted else resid, 0, None)
+    ink = _drop_printed_lines(ink, spread, record)
 
     top = float(ink.max())
     if top < MIN_CONTRAST or top < 6 * spread:
