@@ -397,3 +397,18 @@ def test_printed_lines_fainter_than_the_ink_are_paper(mnist, squared):
     # Before: the lines were ink; the frame held the page's grid (corr < 0.5 for most). Where a stroke
     # crosses a line, its faint edge goes with the line: the strokes come out a little thinner there.
     assert np.mean(np.array(corrs) > 0.75) >= 0.9, corrs
+
+
+def test_a_box_close_round_a_narrow_digit_is_removed(mnist):
+    """A form field drawn 3 px from a 1's ink: all four sides go, though the 1 is narrower than 4 box widths."""
+    ones = mnist.train_images[mnist.train_labels == 1][:10].numpy()
+    for digit in ones:
+        page = _on_paper(digit, margin=0)
+        rows, cols = np.nonzero((page < 200).any(1))[0], np.nonzero((page < 200).any(0))[0]
+        boxed = np.pad(page, 20, constant_values=235)
+        top, bottom, left, right = rows[0] + 17, rows[-1] + 23, cols[0] + 17, cols[-1] + 23
+        boxed[top : top + 2, left:right] = boxed[bottom - 2 : bottom, left:right] = 40
+        boxed[top:bottom, left : left + 2] = boxed[top:bottom, right - 2 : right] = 40
+        result = preprocess_image(boxed)
+        assert result.record.lines_removed == 4
+        assert _corr(result.array, preprocess_image(page).array) > 0.9

@@ -79,20 +79,20 @@ def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
     return before & after
 
 
-def _anchored(line: np.ndarray, box: tuple[slice, slice], axis: int, near: dict) -> bool:
-    """Both ends of a line reach the frame's edge (a ruled line) or meet a line across it (a box's corner).
-
-    A digit's own straight stroke (the bar of a 7) ends in the open.
+def _anchored(line: np.ndarray, box: tuple[slice, slice], axis: int, near: dict) -> str | None:
+    """How a line's ends are held: "box" when both meet a line across it (a box's corners), "page" when
+    each reaches the frame's edge or such a corner, None when an end is in the open (a digit's own straight
+    stroke, the bar of a 7).
     """
     side = line.shape[axis]
-    ends = (box[axis].start, box[axis].stop - 1)
     margin = max(2, round(0.03 * side))
-    for end in ends:
-        at_edge = end < margin or end >= side - margin
-        cut = line.take(end, axis=axis) & near[1 - axis].take(end, axis=axis)
-        if not (at_edge or cut.any()):
-            return False
-    return True
+    corners = 0
+    for end in (box[axis].start, box[axis].stop - 1):
+        cut = bool((line.take(end, axis=axis) & near[1 - axis].take(end, axis=axis)).any())
+        if not (cut or end < margin or end >= side - margin):
+            return None
+        corners += cut
+    return "box" if corners == 2 else "page"
 
 
 def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
@@ -127,7 +127,11 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
             line = labels == i
             thickness = float(line.sum()) / (box[axis].stop - box[axis].start)
             beyond = min(r0 - box[axis].start, box[axis].stop - r1)
-            if beyond >= max(2, 0.1 * (r1 - r0)) and depth >= 4 * thickness and _anchored(line, box, axis, corners):
+            held = _anchored(line, box, axis, corners)
+            # A box's side need only reach past the digit; a line across the page must clear it well.
+            box_side = held == "box"
+            needed = 1 if box_side else max(2, 0.1 * (r1 - r0))
+            if held and beyond >= needed and depth >= (1 if box_side else 4) * thickness:
                 line = ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
                 removed |= line
                 n += 1
