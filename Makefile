@@ -20,15 +20,20 @@ endif
 
 .PHONY: run test install browser clean default-model
 
-$(VENV)/.installed: pyproject.toml
+# make run needs only the package (torch, numpy, ...); make test adds the extras and test tools.
+$(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
 
-run: install
+run: $(VENV)/.installed-run
 	$(BIN)/mnist-cnn train --recipe $(RECIPE) $(ARGS)
 
 # The model that ships inside the package (src/mnist_cnn/pretrained/), from a finished run:

@@ -294,3 +294,22 @@ def test_the_layout_check_finds_missing_submodules_and_stale_entries(tmp_path):
         "sub/y.py is not named in its package's entry",
         "gone.py is in the Layout block but not in the package",
     ]
+
+
+def _make_rule(makefile: str, target: str) -> tuple[str, list[str]]:
+    """(prerequisites, recipe lines) of one rule of a Makefile."""
+    match = re.search(rf"^{re.escape(target)}:(.*)\n((?:\t.*\n)*)", makefile, re.M)
+    assert match, f"no rule for {target}"
+    return match.group(1), [line.strip() for line in match.group(2).splitlines()]
+
+
+def test_make_run_installs_only_what_training_needs():
+    """`make run` installs torch and the package alone; the extras (serve, onnx, tune, ...) and test tools come with `make test`."""
+    makefile = (PACKAGE.parents[1] / "Makefile").read_text()
+    needs, _ = _make_rule(makefile, "run")
+    assert needs.split() == ["$(VENV)/.installed-run"]
+    _, recipe = _make_rule(makefile, "$(VENV)/.installed-run")
+    installs = [line for line in recipe if "pip install" in line]
+    assert installs and not any("[" in line for line in installs), installs
+    test_needs, _ = _make_rule(makefile, "test")
+    assert "install" in test_needs.split()
