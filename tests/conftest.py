@@ -68,9 +68,10 @@ def trained_run(tmp_path_factory, mnist):
 
 
 def evaluate_fully(run_dir: Path, data, *, calibrate: bool = True, **options) -> dict:
-    """The steps `mnist-cnn evaluate` takes: fit the temperature, measure, record the metrics, write the report."""
+    """The steps `mnist-cnn evaluate` takes: fit the temperature, measure, record the metrics, write the report and model card."""
     from mnist_cnn.calibrate import calibrate_if_possible
     from mnist_cnn.evaluate import evaluate_run, save_metrics
+    from mnist_cnn.model_card import write_model_card
     from mnist_cnn.report import write_run_report
 
     if calibrate:
@@ -78,6 +79,7 @@ def evaluate_fully(run_dir: Path, data, *, calibrate: bool = True, **options) ->
     measured = evaluate_run(run_dir, data, **options)
     save_metrics(measured)
     write_run_report(measured, data)
+    write_model_card(measured)
     return measured.metrics
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mnist_cnn.evaluate import HEADLINE, evaluate_run
 
 DATA = Path(__file__).parent / "data"
@@ -39,3 +41,19 @@ def test_the_report_draws_without_switching_the_matplotlib_backend(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "svg"
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_evaluated_run_gets_a_model_card_the_hub_reads(trained_run):
+    """README.md in the run folder: YAML front matter with the test accuracy, what it is, limits, the command."""
+    import yaml
+
+    result, metrics = trained_run
+    card = (result.run_dir / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "mnist-cnn" and meta["datasets"] == ["mnist"]
+    reported = meta["model-index"][0]["results"][0]["metrics"][0]
+    assert reported["type"] == "accuracy" and reported["value"] == pytest.approx(metrics["test_accuracy"], abs=1e-4)
+    assert f"**{metrics['test_accuracy']:.2%}**" in body
+    assert "## Limits" in body and "6,000 of MNIST's 60,000 training images, 2000 held out for validation" in body
+    assert "mnist-cnn train --recipe basic" in body and "--name basic-small" in body

@@ -78,9 +78,10 @@ def _load_data(args):
 
 def _evaluate_steps(run: Path, data, *, device: str, calibrate: bool = True, **options) -> dict:
     """Fit the temperature on the validation split (``calibrate``), measure on the test set, record
-    the metrics, write the report; return the metrics."""
+    the metrics, write the report and the model card (README.md); return the metrics."""
     from ..calibrate import calibrate_if_possible
     from ..evaluate import evaluate_run, save_metrics
+    from ..model_card import write_model_card
     from ..report import write_run_report
 
     if calibrate:
@@ -88,4 +89,5 @@ def _evaluate_steps(run: Path, data, *, device: str, calibrate: bool = True, **o
     measured = evaluate_run(run, data, device=device, **options)
     save_metrics(measured)
     write_run_report(measured, data)
+    write_model_card(measured)
     return measured.metrics
