@@ -437,3 +437,60 @@ def test_serving_a_folder_that_cannot_load_fails_before_opening_a_port(folder, r
     (folder / "model.safetensors").unlink()  # and there is no model.onnx either
     with pytest.raises(ModelFolderError):
         run(folder, Settings(runtime=runtime))
+
+
+# ----------------------------------------------------------------------------- multipart limits
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0undary") -> bytes:
+    """A multipart body by hand: (field name, file name or None for a text field, data) per part."""
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@pytest.fixture
+def client(folder):
+    with TestClient(create_app(folder, Settings(runtime="torch"))) as c:
+        _wait_for(lambda: c.get("/readyz").status_code == 200)
+        yield c
+
+
+@pytest.mark.parametrize("route", ["/v1/predict", "/v1/read"])
+@pytest.mark.parametrize(
+    ("parts", "status", "field", "message"),
+    [
+        ([("image", "a.png", b"x"), ("other", "b.png", b"y")], 422, "other", "one file"),
+        ([("image", "a.png", b"x"), *[(f"f{i}", None, b"1") for i in range(5)]], 422, "f4", "fields"),
+        ([("image", "a.png", b"x"), ("min_confidence", None, b"0" * 5000)], 413, "min_confidence", "longer than"),
+    ],
+    ids=["two files", "too many fields", "text field too long"],
+)  # fmt: skip
+def test_multipart_limits_are_the_services_errors_with_the_field_named(client, route, parts, status, field, message):
+    headers = {"content-type": "multipart/form-data; boundary=b0undary"}
+    r = client.post(route, content=_multipart(parts), headers=headers)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and message in r.json()["detail"]
+
+
+@pytest.mark.parametrize("route", ["/v1/predict", "/v1/read"])
+def test_a_multipart_body_without_a_boundary_names_the_content_type(client, route):
+    r = client.post(route, content=_multipart([("image", "a.png", _png_bytes())]),
+                    headers={"content-type": "multipart/form-data"})  # fmt: skip
+    assert r.status_code == 422 and r.json()["field"] == "content-type" and "boundary" in r.json()["detail"]
+
+
+def test_a_malformed_multipart_body_is_a_422_naming_the_body(client):
+    body = b'--b0undary\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nxx\r\n--b0undary--\r\n'  # no name
+    r = client.post("/v1/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    assert r.status_code == 422 and r.json()["field"] == "body"
+
+
+def test_an_image_upload_still_works_with_min_confidence(client):
+    parts = [("image", "a.png", _png_bytes()), ("min_confidence", None, b"0.3")]
+    r = client.post("/v1/predict", content=_multipart(parts), headers={"content-type": "multipart/form-data; boundary=b0undary"})  # fmt: skip
+    assert r.status_code in (200, 422), r.text  # a blank image: no digit (422), never a parser error
+    if r.status_code == 422:
+        assert r.json()["field"] == "image"
