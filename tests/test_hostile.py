@@ -494,3 +494,65 @@ def test_an_image_upload_still_works_with_min_confidence(client):
     assert r.status_code in (200, 422), r.text  # a blank image: no digit (422), never a parser error
     if r.status_code == 422:
         assert r.json()["field"] == "image"
+
+
+# ----------------------------------------------------------------------------- client disconnects
+
+
+@pytest.fixture
+def live_app(folder):
+    """The real app on uvicorn in a thread, with the transport limits ``mnist-cnn serve`` uses: yields its port."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from mnist_cnn.serve.transport import uvicorn_options
+
+    settings = Settings(runtime="torch")
+    config = uvicorn.Config(create_app(folder, settings), host="127.0.0.1", port=0, log_config=None, lifespan="on",
+                            loop="asyncio", access_log=False, **uvicorn_options(settings))  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    _wait_for(lambda: _status(f"http://127.0.0.1:{port}/readyz") == 200)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("ctype", ["multipart/form-data; boundary=b0undary", "application/json"])
+def test_a_client_that_leaves_mid_body_is_one_access_log_line_and_no_traceback(live_app, caplog, ctype):
+    import logging
+    import socket
+
+    caplog.set_level(logging.INFO)
+    head = f"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: {ctype}\r\ncontent-length: 100000\r\n\r\n"
+    part = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        if "multi" in ctype
+        else b""
+    )
+    with socket.create_connection(("127.0.0.1", live_app), timeout=5) as s:
+        s.sendall(head.encode() + part + b"x" * 5000)
+        time.sleep(0.3)  # the server is reading the body
+    _wait_for(lambda: any(r.name == "mnist_cnn.access" and "/v1/predict" in r.getMessage() for r in caplog.records))
+    time.sleep(0.2)  # anything else it would log about this request
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mnist_cnn.access"]
+    assert [(a["path"], a["status"]) for a in access if a["path"] != "/readyz"] == [("/v1/predict", 499)]
+    access = [a for a in access if a["path"] != "/readyz"]
+    assert access[0]["bytes_in"] >= 5000 and access[0]["detail"] == "client disconnected"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
