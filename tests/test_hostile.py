@@ -556,3 +556,75 @@ def test_a_client_that_leaves_mid_body_is_one_access_log_line_and_no_traceback(l
     access = [a for a in access if a["path"] != "/readyz"]
     assert access[0]["bytes_in"] >= 5000 and access[0]["detail"] == "client disconnected"
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+
+
+# ----------------------------------------------------------------------------- unreadable inputs
+
+
+def _digit_png(path):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (60, 60), 255)
+    ImageDraw.Draw(image).line((30, 8, 30, 52), fill=0, width=6)
+    image.save(path)
+    return path
+
+
+def _deny_listing(monkeypatch, folder):
+    """What chmod 000 does to a folder, also for root (who may read any folder): listing it fails."""
+    import os
+
+    scandir = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path) == os.fspath(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+
+
+@pytest.mark.parametrize("how", ["chmod", "monkeypatch"])
+@pytest.mark.parametrize("where", ["named", "inside"])
+def test_an_unreadable_folder_is_permission_denied_not_no_image_files(tmp_path, monkeypatch, capsys, how, where):
+    import os
+
+    from mnist_cnn.cli import main
+
+    if how == "chmod" and os.geteuid() == 0:
+        pytest.skip("root reads any folder; the monkeypatched case stands for it")
+    top = tmp_path / "scans"
+    _digit_png((top / "ok").mkdir(parents=True) or top / "ok" / "one.png")
+    locked = top if where == "named" else top / "locked"
+    locked.mkdir(exist_ok=True)
+    if how == "chmod":
+        locked.chmod(0)
+    else:
+        _deny_listing(monkeypatch, locked)
+    try:
+        code = main(["predict", str(top), "--no-progress"])
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "permission denied" in lines[0].lower() and str(locked) in lines[0] and "no image files" not in err
+
+
+def test_an_unreadable_image_file_is_permission_denied(tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    from mnist_cnn.cli import main
+
+    path = _digit_png(tmp_path / "one.png")
+    read_bytes = pathlib.Path.read_bytes
+
+    def denied(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
+    assert main(["predict", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {path}: cannot read (Permission denied)" in err and "Traceback" not in err
