@@ -628,3 +628,44 @@ def test_an_unreadable_image_file_is_permission_denied(tmp_path, monkeypatch, ca
     assert main(["predict", str(path), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert f"error: {path}: cannot read (Permission denied)" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- file names in text output
+
+ODD_NAMES = ["new\nline.png", "carriage\rreturn.png", "tab\there.png", "escape\x1b[31m.png"]
+
+
+@pytest.mark.parametrize("command", ["predict", "read"])
+def test_text_output_escapes_control_characters_in_file_names(tmp_path, capsys, command):
+    import os
+
+    from mnist_cnn.cli import main
+
+    for name in ODD_NAMES:
+        _digit_png(tmp_path / name)
+    (tmp_path / "broken\nfile.png").write_bytes(b"not an image")
+    assert main([command, str(tmp_path), "--no-progress"]) == 1  # the broken file is counted
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == len(ODD_NAMES), out  # one line per image, none split
+    for name in ODD_NAMES:
+        escaped = name.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t").replace("\x1b", "\\x1b")
+        assert sum(line.startswith(f"{tmp_path}{os.sep}{escaped}: ") for line in lines) == 1, (escaped, out)
+    assert not any(c in out + err for c in "\r\t\x1b")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken\\nfile.png" in errors[0], err
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_json_and_csv_keep_file_names_exact(tmp_path, capsys, fmt):
+    import csv
+    import io
+
+    from mnist_cnn.cli import main
+
+    for name in ODD_NAMES:
+        _digit_png(tmp_path / name)
+    assert main(["predict", str(tmp_path), "--no-progress", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines()] if fmt == "jsonl" else list(csv.DictReader(io.StringIO(out)))
+    assert sorted(row["file"] for row in rows) == sorted(str(tmp_path / name) for name in ODD_NAMES)
