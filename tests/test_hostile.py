@@ -669,3 +669,36 @@ def test_json_and_csv_keep_file_names_exact(tmp_path, capsys, fmt):
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines()] if fmt == "jsonl" else list(csv.DictReader(io.StringIO(out)))
     assert sorted(row["file"] for row in rows) == sorted(str(tmp_path / name) for name in ODD_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"onnx": "yes"}, "onnx must be a JSON object or null, got 'yes'"),
+        ({"labels": 5}, "labels must be a list, got 5"),
+        ({"labels": ["a"]}, "labels must be 10 names"),
+        ({"input_shape": "x"}, "input_shape must be a list"),
+        ({"input_shape": [1, 28]}, "input_shape must be \\[channels, height, width\\]"),
+        ({"training": [1]}, "training must be a JSON object, got \\[1\\]"),
+        ({"train_config": None}, "train_config must be a JSON object, got None"),
+        ({"validation": "x"}, "validation must be a JSON object"),
+        ({"calibration": 1.2}, "calibration must be a JSON object or null"),
+        ({"recipe": 5}, "recipe must be a string or null"),
+        ({"model_kwargs": {"width": "x"}}, "cannot be built with model_kwargs {'width': 'x'}"),
+    ],
+)
+def test_more_damaged_configs_are_one_model_folder_error(folder, changes, message):
+    _edit(folder, **changes)
+    with pytest.raises(ModelFolderError, match=message) as info:
+        load_model(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_v1_model_of_a_folder_whose_versions_is_a_list_is_refused_at_start(folder, capsys):
+    from mnist_cnn.cli import main
+
+    _edit(folder, versions=["torch"])
+    with pytest.raises(ModelFolderError, match="versions must be a JSON object"):
+        create_app(folder, Settings(runtime="torch"))
+    assert main(["serve", str(folder), "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")

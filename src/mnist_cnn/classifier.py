@@ -134,7 +134,7 @@ class BaseClassifier:
         return logits
 
     def __repr__(self) -> str:
-        acc = self.config.get("metrics", {}).get("test_accuracy")
+        acc = (self.config.get("metrics") or {}).get("test_accuracy")
         return f"{type(self).__name__}({self.config.get('architecture')!r}, test_accuracy={acc})"
 
 
@@ -207,7 +207,7 @@ class OnnxClassifier(BaseClassifier):
             raise ModelFolderError(
                 f"{folder} has no {ONNX_FILE}; create it with: mnist-cnn export {folder} --format onnx"
             )
-        recorded = self.config.get("onnx", {}).get("weights_sha256")
+        recorded = (self.config.get("onnx") or {}).get("weights_sha256")
         if recorded and _weights_sha256_or_none(saved) not in (None, recorded):
             raise ModelFolderError(
                 f"{path} was exported from other weights than {saved.weights_path}; re-export with: "

@@ -203,7 +203,7 @@ def verify_onnx(folder: str | os.PathLike, images, tolerance: float = TOLERANCE,
         "tolerance": tolerance,
         "labels_disagree": disagree,
     }
-    saved.update(onnx={**saved.read().get("onnx", {}), "verified": verified})
+    saved.update(onnx={**(saved.read().get("onnx") or {}), "verified": verified})
     if not diff <= tolerance:  # also catches NaN
         raise ExportError(
             f"{folder / ONNX_FILE}: ONNX Runtime differs from PyTorch by up to {diff:.3g} (more than {tolerance:g})"

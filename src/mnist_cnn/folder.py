@@ -203,6 +203,13 @@ def _is_int(value) -> bool:
 
 # Shapes no network of this project has: a config that asks for them is damaged, not ambitious.
 LIMITS = {"in_channels": (1, 64), "num_classes": (2, 10_000)}
+# The JSON type of each other field the loaders, the service and ``mnist-cnn runs`` read, when it is present.
+FIELD_TYPES = {
+    "model_kwargs": (dict,), "versions": (dict,), "metrics": (dict, type(None)), "onnx": (dict, type(None)),
+    "training": (dict,), "train_config": (dict,), "validation": (dict,), "calibration": (dict, type(None)),
+    "recipe": (str, type(None)), "labels": (list,), "input_shape": (list,),
+}  # fmt: skip
+JSON_NAMES = {dict: "a JSON object", list: "a list", str: "a string", type(None): "null"}
 
 
 def _problem(config: dict) -> str | None:
@@ -216,21 +223,28 @@ def _problem(config: dict) -> str | None:
         value = config.get(name, lo)
         if not _is_int(value) or not lo <= value <= hi:
             return f"{name} must be an integer from {lo} to {hi}, got {value!r}"
+    for name, types in FIELD_TYPES.items():
+        if name in config and not isinstance(config[name], types):
+            return f"{name} must be {' or '.join(JSON_NAMES[t] for t in types)}, got {config[name]!r}"[:300]
     norm = config.get("normalization", MNIST_NORMALIZATION)
     if not isinstance(norm, dict) or not _is_number(norm.get("mean")) or not _is_number(norm.get("std")):
         return f"normalization must hold a finite mean and std, got {norm!r}"
     if norm["std"] <= 0:
         return f"normalization std must be above 0, got {norm['std']!r}"
-    calibration = config.get("calibration") or {}
-    temperature = calibration.get("temperature") if isinstance(calibration, dict) else calibration
+    temperature = (config.get("calibration") or {}).get("temperature")
     if temperature is not None and (not _is_number(temperature) or temperature <= 0):
         return f"calibration temperature must be a finite number above 0, got {temperature!r}"
-    digest = config.get(WEIGHTS_SHA256)
-    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
-        return f"{WEIGHTS_SHA256} must be a hex SHA-256, got {digest!r}"
-    for name in ("model_kwargs", "versions", "metrics"):
-        if name in config and not isinstance(config[name], dict) and not (name == "metrics" and config[name] is None):
-            return f"{name} must be a JSON object, got {config[name]!r}"
+    labels = config.get("labels", LABELS)
+    if len(labels) != config.get("num_classes", 10) or not all(isinstance(x, str | int) for x in labels):
+        return f"labels must be {config.get('num_classes', 10)} names (one per class), got {labels!r}"[:300]
+    shape = config.get("input_shape", [1, 28, 28])
+    if len(shape) != 3 or not all(_is_int(x) and 0 < x <= 4096 for x in shape):
+        return f"input_shape must be [channels, height, width], got {shape!r}"[:300]
+    for name, section in (("", config), ("onnx ", config.get("onnx") or {})):
+        for key in (WEIGHTS_SHA256,):
+            digest = section.get(key)
+            if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+                return f"{name}{key} must be a hex SHA-256, got {digest!r}"[:300]
     return None
 
 

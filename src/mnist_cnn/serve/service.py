@@ -145,7 +145,7 @@ class Service:
             "labels": c.get("labels"),
             "input_shape": c.get("input_shape", [1, 28, 28]),
             "normalization": c.get("normalization"),
-            "metrics": c.get("metrics", {}),
+            "metrics": c.get("metrics") or {},
             "runtime": s.runtime,
             "onnx": c.get("onnx"),
             "versions": versions,
