@@ -5,6 +5,7 @@ Model folders are tiny and untrained: what is tested is what the loaders and the
 
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -702,3 +703,108 @@ def test_v1_model_of_a_folder_whose_versions_is_a_list_is_refused_at_start(folde
         create_app(folder, Settings(runtime="torch"))
     assert main(["serve", str(folder), "--port", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
+# ----------------------------------------------------------------------------- run.json and resume state
+
+
+def _run_json(**changes) -> dict:
+    settings = {"recipe": "basic", "train_config": {"model": "fast", "epochs": 2}, "started": "2026-01-01T00:00:00",
+                "deterministic": False, "threads": 1, "world_size": 1, "tensorboard": False, "checkpoint_every": 0,
+                "keep_checkpoints": 3}  # fmt: skip
+    return {**settings, **changes}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (_run_json(train_config={"epochs": "abc"}), "train_config: epochs must be a number, got 'abc'"),
+        (_run_json(train_config={"bogus": 1}), "train_config: unknown training config field 'bogus'"),
+        (_run_json(threads=10**6), "threads must be from 1 to 1024, got 1000000"),
+        (_run_json(threads="abc"), "threads must be an integer, got 'abc'"),
+        (_run_json(deterministic="yes"), "deterministic must be true or false, got 'yes'"),
+        (_run_json(checkpoint_every="x"), "checkpoint_every must be an integer, got 'x'"),
+        (_run_json(world_size=[1]), "world_size must be an integer"),
+        (_run_json(train_config=[1]), "train_config must be a JSON object"),
+        ([], "run.json: must be a JSON object, got \\[\\]"),
+        ("{not json", "run.json cannot be read"),
+    ],
+)
+def test_a_damaged_run_json_is_one_error_line_when_resuming(tmp_path, capsys, settings, message):
+    from mnist_cnn.cli import main
+
+    (tmp_path / "run.json").write_text(settings if isinstance(settings, str) else json.dumps(settings))
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {tmp_path / 'run.json'}")
+    assert re.search(message, err), err
+
+
+def test_runs_lists_a_stopped_run_whose_run_json_is_damaged(tmp_path):
+    from mnist_cnn.runs import list_runs
+
+    run = tmp_path / "stopped"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps(_run_json(train_config=[1])))
+    [row] = list_runs(tmp_path)
+    assert row.run == "stopped" and row.epochs == "0/?" and "resumable" in row.status
+
+
+def test_threads_beyond_any_machine_are_refused_before_torch_sees_them():
+    from mnist_cnn.runtime import configure_threads
+
+    with pytest.raises(ValueError, match="threads must be at most 1024"):
+        configure_threads(10**6)
+
+
+def _train_state(config):
+    from mnist_cnn.loop import TrainState
+
+    torch.manual_seed(0)
+    return TrainState(create_model(config.model), config, 64, torch.device("cpu")).state_dict()
+
+
+def _wrong_shape(state):
+    name = next(iter(state["model"]))
+    state["model"] = {**state["model"], name: torch.zeros(3, 3)}
+    return state
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s.pop("optimizer") and s, "has no 'optimizer'"),
+        (lambda s: s.pop("rng") and s, "has no 'rng'"),
+        (lambda s: {**s, "config": [1]}, "'config' is of type list"),
+        (lambda s: {**s, "epoch": "x"}, "'epoch' is of type str"),
+        (lambda s: {**s, "step": -5}, "'step' is -5; it must be at least 0"),
+        (lambda s: {**s, "epoch": 10**9}, "at epoch 1000000000 of a 2-epoch run"),
+        (lambda s: {**s, "history": 5}, "'history' is of type int"),
+        (lambda s: {**s, "train_seconds": "x"}, "'train_seconds' is of type str"),
+        (lambda s: {**s, "rng": []}, "one dict of random states per process"),
+        (lambda s: {**s, "shuffle": torch.zeros(3)}, "does not fit this run: RNG state must be a torch.ByteTensor"),
+        (_wrong_shape, "does not fit this run: Error\\(s\\) in loading state_dict for Fast: size mismatch"),
+        (lambda s: {**s, "best_state": {"x": torch.zeros(1)}}, "best weights in the training state do not fit"),
+    ],
+)
+def test_a_damaged_training_state_is_a_checkpoint_error(damage, message):
+    from mnist_cnn.checkpoint import CheckpointError
+
+    config = TrainConfig(model="fast", epochs=2, batch_size=32, val_split=0)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with pytest.raises(CheckpointError, match=message) as info:
+        fit(create_model("fast"), (x, y), None, config, progress=False, resume=damage(_train_state(config)))
+    assert "\n" not in str(info.value)
+
+
+def test_resuming_names_the_checkpoint_that_is_damaged(tmp_path):
+    from mnist_cnn.checkpoint import CheckpointError, Checkpoints
+    from mnist_cnn.train import _checkpoint_to_resume
+
+    config = TrainConfig(model="fast", epochs=2, batch_size=32, val_split=0)
+    store = Checkpoints(tmp_path)
+    path = store.save({**_train_state(config), "epoch": "x"}, 2)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}: the training state's 'epoch' is of type str"):
+        _checkpoint_to_resume(store, config)
+    store.save(_train_state(config), 3)
+    assert _checkpoint_to_resume(store, config)[1]["epoch"] == 1  # an intact one resumes

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 
 from .augment import Augmentation
 from .classifier import RUNTIMES
-from .runtime import PRECISIONS
+from .runtime import MAX_THREADS, PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
 # /v1/read, `uncertain` and `not_a_digit` in /v1/predict. One value for the CLI, the library and the service.
 DEFAULT_MIN_CONFIDENCE = 0.5
-MAX_THREADS = 1024  # more threads than any machine has cores is a typo, and asks for memory per thread
 
 
 def _help(text: str) -> dict:
@@ -212,6 +211,20 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """A config as ``run.json`` or a checkpoint saved it, filled in with today's defaults (for fields added
+        since). ValueError saying what is wrong when this version cannot read it: an unknown field, a wrong type."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"a saved training config must be a JSON object, got {saved!r}"[:200])
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training config field {unknown[0]!r} (written by another mnist-cnn?)")
+        try:
+            return cls(**{**cls().to_dict(), **saved})
+        except TypeError as exc:  # e.g. a list where a number goes
+            raise ValueError(str(exc)) from None
 
     @property
     def validation_seed(self) -> int:

@@ -209,7 +209,8 @@ FIELD_TYPES = {
     "training": (dict,), "train_config": (dict,), "validation": (dict,), "calibration": (dict, type(None)),
     "recipe": (str, type(None)), "labels": (list,), "input_shape": (list,),
 }  # fmt: skip
-JSON_NAMES = {dict: "a JSON object", list: "a list", str: "a string", type(None): "null"}
+JSON_NAMES = {dict: "a JSON object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
+              type(None): "null"}  # fmt: skip
 
 
 def _problem(config: dict) -> str | None:
