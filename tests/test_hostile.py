@@ -808,3 +808,65 @@ def test_resuming_names_the_checkpoint_that_is_damaged(tmp_path):
         _checkpoint_to_resume(store, config)
     store.save(_train_state(config), 3)
     assert _checkpoint_to_resume(store, config)[1]["epoch"] == 1  # an intact one resumes
+
+
+# ----------------------------------------------------------------------------- model.onnx integrity
+
+
+def _tiny_onnx() -> bytes:
+    """A graph with the exported input and output (images (N, 1, 28, 28) -> logits (N, 10)): one MatMul."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 784], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["images", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weights, shape],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def test_a_damaged_model_onnx_is_refused_by_its_recorded_sha256(folder, capsys):
+    import hashlib
+
+    from mnist_cnn.cli import main
+
+    data = _tiny_onnx()
+    (folder / "model.onnx").write_bytes(data)
+    _edit(folder, onnx={"file": "model.onnx", "sha256": hashlib.sha256(data).hexdigest()})
+    load_model(folder, runtime="onnxruntime").predict(np.zeros((28, 28), np.uint8))  # intact: loads and runs
+    flipped = bytearray(data)
+    flipped[-100] ^= 0x01  # inside the weights: ONNX Runtime itself would load it
+    (folder / "model.onnx").write_bytes(bytes(flipped))
+    with pytest.raises(ModelFolderError, match="model.onnx is damaged or was replaced: it does not match the SHA-256"):
+        load_model(folder, runtime="onnxruntime")
+    assert main(["predict", str(folder), str(_digit_png(folder.parent / "one.png")), "--runtime", "onnxruntime"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "SHA-256" in err[0]
+
+
+def test_a_model_onnx_exported_before_the_digest_was_recorded_still_loads(folder):
+    (folder / "model.onnx").write_bytes(_tiny_onnx())
+    _edit(folder, onnx={"file": "model.onnx"})
+    load_model(folder, runtime="onnxruntime")
+    _edit(folder, onnx={"file": "model.onnx", "sha256": "abc"})
+    with pytest.raises(ModelFolderError, match="onnx sha256 must be a hex SHA-256"):
+        load_model(folder, runtime="onnxruntime")
+
+
+@pytest.mark.slow
+def test_export_records_the_sha256_of_model_onnx(folder):
+    import hashlib
+
+    from mnist_cnn.export import export_onnx
+
+    pytest.importorskip("onnx")
+    export_onnx(folder)
+    recorded = json.loads((folder / "config.json").read_text())["onnx"]["sha256"]
+    assert recorded == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    load_model(folder, runtime="onnxruntime")

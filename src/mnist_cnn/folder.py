@@ -10,8 +10,8 @@ Format versions:
 
 1. ``model_kwargs`` was always ``{}``; the loader took a network's ``width`` from its first convolution.
 2. ``model_kwargs`` holds every constructor argument the network was built with (defaults filled in).
-   Since issue 17, ``weights_sha256`` records the SHA-256 of ``model.safetensors``, checked when the weights
-   are read (folders without it still load).
+   Since issue 17, ``weights_sha256`` records the SHA-256 of ``model.safetensors``, and ``onnx.sha256`` that of
+   ``model.onnx`` (written by ``mnist-cnn export``), each checked when the file is read (folders without them still load).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .errors import ModelFolderError
 FORMAT_VERSION = 2
 WEIGHTS, CONFIG, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 WEIGHTS_SHA256 = "weights_sha256"  # the config.json key holding the SHA-256 of model.safetensors
+ONNX_SHA256 = "sha256"  # the key of config.json's onnx section holding the SHA-256 of model.onnx
 ENSEMBLE, MEMBERS = "ensemble", "members"  # an ensemble folder's architecture, and where its members' folders go
 LABELS = [str(d) for d in range(10)]
 # Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
@@ -180,6 +181,25 @@ class ModelFolder:
         except (SafetensorError, ValueError) as exc:
             raise ModelFolderError(f"{self.weights_path} is damaged: {exc}") from None
 
+    def read_onnx(self, config: dict | None = None) -> bytes:
+        """The bytes of ``model.onnx``; if ``config`` (the folder's) records their SHA-256 (``onnx.sha256``, written
+        by :func:`mnist_cnn.export.export_onnx`), they must match it. Files exported before the digest was recorded load unchecked.
+        """
+        path = self.path / ONNX_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelFolderError(f"{self.path} has no {ONNX_FILE}; create it with: mnist-cnn export {self.path} --format onnx") from None  # fmt: skip
+        except OSError as exc:
+            raise ModelFolderError(f"{path} cannot be read: {exc.strerror or exc}") from None
+        recorded = ((config or {}).get("onnx") or {}).get(ONNX_SHA256)
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise ModelFolderError(
+                f"{path} is damaged or was replaced: it does not match the SHA-256 recorded in {CONFIG};"
+                f" export it again with: mnist-cnn export {self.path} --format onnx"
+            )
+        return data
+
     def weights_sha256(self) -> str:
         """SHA-256 of ``model.safetensors``; for an ensemble folder (no weights of its own), of its
         members' digests in order, so an ensemble's ``model.onnx`` also knows when its weights changed."""
@@ -242,7 +262,7 @@ def _problem(config: dict) -> str | None:
     if len(shape) != 3 or not all(_is_int(x) and 0 < x <= 4096 for x in shape):
         return f"input_shape must be [channels, height, width], got {shape!r}"[:300]
     for name, section in (("", config), ("onnx ", config.get("onnx") or {})):
-        for key in (WEIGHTS_SHA256,):
+        for key in (WEIGHTS_SHA256, ONNX_SHA256):
             digest = section.get(key)
             if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
                 return f"{name}{key} must be a hex SHA-256, got {digest!r}"[:300]
