@@ -870,3 +870,54 @@ def test_export_records_the_sha256_of_model_onnx(folder):
     recorded = json.loads((folder / "config.json").read_text())["onnx"]["sha256"]
     assert recorded == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
     load_model(folder, runtime="onnxruntime")
+
+
+def test_decodes_hold_at_most_the_pixel_budget_and_wait_at_most_decode_wait_s(folder, monkeypatch):
+    """Two 40x40 uploads (1,600 pixels each) under a budget of 3,000 pixels never decode together; the one that
+    cannot get in within decode_wait_s is a 503 + Retry-After, and an upload with no image header costs nothing."""
+    import threading
+
+    from mnist_cnn.serve import routes
+
+    release, lock = threading.Event(), threading.Lock()
+    running = {"now": 0, "most": 0}
+
+    def gated_decode(data, settings):
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+        return np.zeros((28, 28), np.float32)
+
+    monkeypatch.setattr(routes, "decode_upload", gated_decode)
+    settings = Settings(runtime="torch", decode_slots=4, decode_pixels=3000, decode_wait_s=0.5, retry_after_s=3)
+    files = {"image": ("a.png", _png_bytes(), "image/png")}
+    with TestClient(create_app(folder, settings)) as c:
+        _wait_for(lambda: c.get("/readyz").status_code == 200)
+        first = []
+        thread = threading.Thread(target=lambda: first.append(c.post("/v1/predict", files=files)))
+        thread.start()
+        _wait_for(lambda: running["now"] == 1)
+        started = time.monotonic()
+        refused = c.post("/v1/predict", files=files)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "3", refused.text
+        assert 0.4 < time.monotonic() - started < 5 and "decoding other images" in refused.json()["detail"]
+        headless = []  # no header Pillow reads: decoding refuses it at once, so it takes no pixels
+        other = threading.Thread(target=lambda: headless.append(c.post("/v1/predict", files={"image": ("x", b"junk")})))
+        other.start()
+        _wait_for(lambda: running["now"] == 2)
+        release.set()
+        thread.join(10)
+        other.join(10)
+        assert first[0].status_code == 200 and headless[0].status_code == 200 and running["most"] == 2
+        limits = c.get("/v1/model").json()["limits"]
+        assert (limits["decode_pixels"], limits["decode_wait_s"]) == (3000, 0.5)
+
+
+def test_the_decode_budget_defaults_to_one_full_size_image(folder):
+    with TestClient(create_app(folder, Settings(runtime="torch", max_image_pixels=1000))) as c:
+        _wait_for(lambda: c.get("/readyz").status_code == 200)
+        limits = c.get("/v1/model").json()["limits"]
+    assert (limits["decode_pixels"], limits["decode_wait_s"], limits["max_image_pixels"]) == (1000, 5.0, 1000)

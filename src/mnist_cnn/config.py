@@ -334,7 +334,9 @@ class ServeSettings:
     max_queue: int = field(default=256, metadata={"help": "requests waiting for the model before new ones get 503"})  # fmt: skip
     batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
-    decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once, each holding up to one full-size image (0: one per CPU core); more wait, up to --max-queue, then 503"})  # fmt: skip
+    decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once (0: one per CPU core); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
+    decode_pixels: int = field(default=0, metadata={"help": "most pixels (width x height, as the uploads' headers declare them) decoded at once, which bounds the decodes' memory together: about 16 bytes a pixel for the worst formats (0: --max-image-pixels, one full-size image at a time); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
+    decode_wait_s: float = field(default=5.0, metadata={"help": "longest an upload waits for a decode slot and its pixels before 503 + Retry-After (below common client timeouts)"})  # fmt: skip
     limit_concurrency: int = field(default=900, metadata={"help": "most open connections and requests at once; more get 503 (below the common 1,024 file-descriptor limit, so a flood of sockets cannot take the process down)"})  # fmt: skip
     timeout_keep_alive_s: int = field(default=5, metadata={"help": "close an idle keep-alive connection after this many seconds"})  # fmt: skip
     header_timeout_s: float = field(default=10.0, metadata={"help": "close a connection whose request line and headers are not all in after this many seconds (408), so silent and slow-header clients let go of their sockets"})  # fmt: skip
@@ -354,8 +356,10 @@ class ServeSettings:
             raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
         if not self.header_timeout_s > 0:
             raise ValueError(f"header_timeout_s must be above 0, got {self.header_timeout_s}")
-        if self.batch_wait_ms < 0 or self.retry_after_s < 0 or self.decode_slots < 0:
-            raise ValueError("batch_wait_ms, retry_after_s and decode_slots must not be negative")
+        if min(self.batch_wait_ms, self.retry_after_s, self.decode_slots, self.decode_pixels, self.decode_wait_s) < 0:
+            raise ValueError(
+                "batch_wait_ms, retry_after_s, decode_slots, decode_pixels and decode_wait_s must not be negative"
+            )
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
 
