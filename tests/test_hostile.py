@@ -921,3 +921,94 @@ def test_the_decode_budget_defaults_to_one_full_size_image(folder):
         _wait_for(lambda: c.get("/readyz").status_code == 200)
         limits = c.get("/v1/model").json()["limits"]
     assert (limits["decode_pixels"], limits["decode_wait_s"], limits["max_image_pixels"]) == (1000, 5.0, 1000)
+
+
+# ----------------------------------------------------------------------------- the connection cap
+
+
+@pytest.fixture
+def capped_server():
+    """uvicorn in a thread with the service's transport and a cap of 20 connections; GET /hold waits for ``release``."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from mnist_cnn.serve.transport import uvicorn_options
+
+    release = threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/hold":
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    settings = Settings(limit_concurrency=20, header_timeout_s=30, retry_after_s=7)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off", loop="asyncio",
+                            **uvicorn_options(settings))  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started)
+    yield server.servers[0].sockets[0].getsockname()[1], release
+    release.set()
+    server.should_exit = True
+    thread.join(5)
+
+
+def test_at_the_connection_cap_the_oldest_idle_socket_makes_room_for_a_new_client(capped_server):
+    import socket
+
+    port, _ = capped_server
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(30)]  # more than the cap
+    for _ in range(5):
+        assert _get(port).startswith(b"HTTP/1.1 200")  # each newcomer is served, even with 30 silent sockets
+    time.sleep(0.3)
+    closed = []
+    for s in idle:
+        s.setblocking(False)
+        try:
+            closed.append(s.recv(65536).startswith(b"HTTP/1.1 408") and s.recv(65536) == b"")
+        except BlockingIOError:  # nothing to read: still open
+            closed.append(False)
+        s.close()
+    # 30 + the first newcomer is 11 over the cap: the 11 oldest were closed (408), the rest are still open
+    assert closed == [True] * 11 + [False] * 19
+
+
+def test_when_every_connection_is_busy_a_newcomer_gets_503_with_retry_after(capped_server):
+    import socket
+    import threading
+
+    port, release = capped_server
+
+    def hold():
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+            s.sendall(b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            s.recv(65536)
+
+    holders = [threading.Thread(target=hold) for _ in range(20)]
+    for t in holders:  # 20 requests under way: nothing to close for a newcomer
+        t.start()
+    time.sleep(0.5)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 7" in answer
+    release.set()
+    for t in holders:
+        t.join(15)
+    assert _get(port).startswith(b"HTTP/1.1 200")
+
+
+def test_the_connection_cap_leaves_room_under_a_tight_open_file_limit(monkeypatch):
+    import resource
+
+    from mnist_cnn.serve.transport import FD_RESERVE, connection_cap
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, 4096))
+    assert connection_cap(900) == 256 - FD_RESERVE
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (65536, 65536))
+    assert connection_cap(900) == 900
