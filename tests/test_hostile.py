@@ -1012,3 +1012,41 @@ def test_the_connection_cap_leaves_room_under_a_tight_open_file_limit(monkeypatc
     assert connection_cap(900) == 256 - FD_RESERVE
     monkeypatch.setattr(resource, "getrlimit", lambda which: (65536, 65536))
     assert connection_cap(900) == 900
+
+
+def test_the_decode_gate_ends_every_wait_on_time_and_lets_in_first_come_first_served():
+    """300 waiters behind a held slot are all refused within their wait (a lock they all queued for, woken
+    together, once made waits of 5 s last 20 s); and a large image first in line is not passed by small ones."""
+    import asyncio
+
+    from mnist_cnn.serve.decoding import DecodeGate, DecodeRefused
+
+    async def scenario():
+        gate, order = DecodeGate(slots=2, pixels=100, wait_s=0.3), []
+
+        async def decode(name, pixels, seconds):
+            try:
+                async with gate.admit(pixels):
+                    order.append(name)
+                    await asyncio.sleep(seconds)
+            except DecodeRefused:
+                order.append(f"refused {name}")
+
+        holder = asyncio.create_task(decode("holder", 100, 1.0))  # the whole budget for 1 s
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await asyncio.gather(*(decode(i, 1, 0) for i in range(300)))
+        waited = time.monotonic() - started
+        await holder
+        assert order[0] == "holder" and order.count("holder") == 1 and len(order) == 301
+        assert all(str(x).startswith("refused") for x in order[1:]) and waited < 0.8, waited
+        order.clear()
+        gate.wait_s = 2.0
+        small = asyncio.create_task(decode("small", 10, 0.2))  # holds 10 of 100
+        await asyncio.sleep(0.01)
+        await asyncio.gather(decode("large", 100, 0), decode("small after", 10, 0))
+        await small
+        assert order == ["small", "large", "small after"]
+        assert (gate.decoding, gate.held) == (0, 0)
+
+    asyncio.run(scenario())
