@@ -331,7 +331,7 @@ class ServeSettings:
     max_image_pixels: int = field(default=16_000_000, metadata={"help": "largest uploaded image (width x height), else 413"})  # fmt: skip
     image_formats: str = field(default="PNG,JPEG,GIF,BMP,WEBP,TIFF", metadata={"help": "uploaded image formats accepted (as Pillow names them), else 415"})  # fmt: skip
     max_batch: int = field(default=64, metadata={"help": "most requests computed in one forward pass"})
-    max_queue: int = field(default=256, metadata={"help": "requests waiting for the model before new ones get 503"})  # fmt: skip
+    max_queue: int = field(default=256, metadata={"help": "requests waiting for the model, or uploads being received and decoded, before new ones get 503"})  # fmt: skip
     batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
     decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once (0: one per CPU core); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
