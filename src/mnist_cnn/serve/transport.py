@@ -52,15 +52,50 @@ def connection_cap(limit_concurrency: int) -> int:
     return cap
 
 
+class ConnectionCap:
+    """At most ``cap`` open connections: at the cap a newcomer closes the connection that has waited longest
+    without a request (408); when every connection has a request under way, the newcomer is refused (503)."""
+
+    def __init__(self, cap: int, retry_after_s: int):
+        self.cap = cap
+        body = b"too many connections; retry shortly\n"
+        self.busy = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: {retry_after_s}"
+                     f"\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+        self.waiting: dict = {}  # connections with no request under way, oldest first (a dict keeps insertion order)
+
+    def admit(self, new, connections) -> bool:
+        """Make room for ``new`` (already in ``connections``); False when there is none to make."""
+        if len(connections) > self.cap:
+            live = sum(1 for c in connections if not c.transport.is_closing())  # closed ones linger a moment
+            if live > self.cap and not self._close_oldest_waiting():
+                return False
+        self.waiting[new] = None
+        return True
+
+    def idle(self, connection) -> None:
+        """``connection`` waits for its next request (keep-alive): the newest of the waiting."""
+        self.waiting.pop(connection, None)
+        self.waiting[connection] = None
+
+    def working(self, connection) -> None:
+        """``connection`` has a request under way (or is gone): not to be closed for a newcomer."""
+        self.waiting.pop(connection, None)
+
+    def _close_oldest_waiting(self) -> bool:
+        for other in self.waiting:
+            if not other.transport.is_closing():
+                self.waiting.pop(other)
+                other.close_now(_408)
+                return True
+        return False
+
+
 def limited_httptools(max_header_bytes: int, header_timeout_s: float, cap: int, retry_after_s: int) -> type:
     """uvicorn's httptools protocol, with a size and a time limit on each request's head (request line and headers),
-    and at most ``cap`` open connections (see the module's docstring)."""
+    and at most ``cap`` open connections (:class:`ConnectionCap`)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    body = b"too many connections; retry shortly\n"
-    busy = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: {retry_after_s}\r\n"
-            f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
-    waiting: dict = {}  # connections with no request under way, oldest first (a dict keeps insertion order)
+    connections = ConnectionCap(cap, retry_after_s)
 
     class LimitedHttpTools(HttpToolsProtocol):
         # In a head: from the connection's start, and from each request's first byte to its blank line. Between
@@ -70,35 +105,18 @@ def limited_httptools(max_header_bytes: int, header_timeout_s: float, cap: int, 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._start_head()
-            if len(self.connections) > cap:
-                live = sum(1 for c in self.connections if not c.transport.is_closing())  # closed ones linger a moment
-                if live > cap and not self._evict_one():
-                    self._refuse(busy)  # every connection has a request under way
-                    return
-            waiting[self] = None
+            if not connections.admit(self, self.connections):
+                self._refuse(connections.busy)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            waiting.pop(self, None)
+            connections.working(self)
             self._stop_timer()
             super().connection_lost(exc)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
-                waiting.pop(self, None)
-                waiting[self] = None  # idle again (keep-alive): the newest of the waiting
-
-        def _evict_one(self) -> bool:
-            """Close the connection that has waited longest without a request, so this one can be served."""
-            for other in waiting:
-                if not other.transport.is_closing():
-                    waiting.pop(other)
-                    other._stop_timer()
-                    other._refused = True
-                    other.transport.write(_408)
-                    other.transport.close()  # at once: it is sending nothing, and its descriptor is what is short
-                    return True
-            return False
+                connections.idle(self)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:  # read and dropped, so that closing does not reset the connection before the answer
@@ -117,7 +135,7 @@ def limited_httptools(max_header_bytes: int, header_timeout_s: float, cap: int, 
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            waiting.pop(self, None)  # a request is under way: not to be closed for a newcomer
+            connections.working(self)
             self._stop_timer()
             super().on_headers_complete()
 
@@ -141,5 +159,12 @@ def limited_httptools(max_header_bytes: int, header_timeout_s: float, cap: int, 
             self._refused = True
             self.transport.write(response)
             self.loop.call_later(LINGER_S, self.transport.close)
+
+        def close_now(self, response: bytes) -> None:
+            """Answer and close at once: for a connection that is sending nothing, whose descriptor is needed."""
+            self._stop_timer()
+            self._refused = True
+            self.transport.write(response)
+            self.transport.close()
 
     return LimitedHttpTools
