@@ -13,6 +13,7 @@ from PIL import Image
 import mnist_cnn
 from mnist_cnn import ModelFolderError, create_model, list_models, load_model
 from mnist_cnn.export import ExportError, export_onnx, verify_onnx
+from mnist_cnn.folder import ModelFolder, read_config
 from mnist_cnn.inference import save_model
 
 
@@ -90,6 +91,11 @@ def test_verify_fails_when_the_onnx_file_is_another_model(tmp_path):
         export_onnx(folders[-1])
     (folders[0] / "model.onnx").write_bytes((folders[1] / "model.onnx").read_bytes())
     images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    with pytest.raises(ModelFolderError, match="model.onnx is damaged or was replaced"):  # its recorded SHA-256
+        verify_onnx(folders[0], images)
+    onnx_section = read_config(folders[0])["onnx"]
+    del onnx_section["sha256"]  # as exported before the digest was recorded: verifying still catches it
+    ModelFolder(folders[0]).update(onnx=onnx_section)
     with pytest.raises(ExportError, match="differs from PyTorch by up to .* \\(more than 0.0001\\)"):
         verify_onnx(folders[0], images)
 
@@ -169,6 +175,9 @@ def test_an_onnx_file_exported_before_the_normalisation_moved_into_the_graph_sti
     export_onnx(folder)  # records the weights' digest; then the graph is replaced by an old-style one
     model = load_model(folder).model.eval().to(memory_format=torch.contiguous_format)
     _export(model, torch.zeros(2, 1, 28, 28), folder / "model.onnx", OPSET, "basic")  # normalised input, no metadata
+    onnx_section = read_config(folder)["onnx"]
+    del onnx_section["sha256"]  # an old export recorded no digest of model.onnx
+    ModelFolder(folder).update(onnx=onnx_section)
     clf = load_model(folder, runtime="onnxruntime")
     assert not clf.graph_normalizes
     images = mnist.test_images[:100].numpy()

@@ -134,7 +134,7 @@ class BaseClassifier:
         return logits
 
     def __repr__(self) -> str:
-        acc = self.config.get("metrics", {}).get("test_accuracy")
+        acc = (self.config.get("metrics") or {}).get("test_accuracy")
         return f"{type(self).__name__}({self.config.get('architecture')!r}, test_accuracy={acc})"
 
 
@@ -203,11 +203,8 @@ class OnnxClassifier(BaseClassifier):
         folder = saved.path
         self.config = config if config is not None else saved.read()
         path = folder / ONNX_FILE
-        if not path.is_file():
-            raise ModelFolderError(
-                f"{folder} has no {ONNX_FILE}; create it with: mnist-cnn export {folder} --format onnx"
-            )
-        recorded = self.config.get("onnx", {}).get("weights_sha256")
+        data = saved.read_onnx(self.config)  # checked against the SHA-256 the export recorded
+        recorded = (self.config.get("onnx") or {}).get("weights_sha256")
         if recorded and _weights_sha256_or_none(saved) not in (None, recorded):
             raise ModelFolderError(
                 f"{path} was exported from other weights than {saved.weights_path}; re-export with: "
@@ -219,7 +216,7 @@ class OnnxClassifier(BaseClassifier):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
             raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
         self._input = self.session.get_inputs()[0].name

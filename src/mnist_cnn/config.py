@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 
 from .augment import Augmentation
 from .classifier import RUNTIMES
-from .runtime import PRECISIONS
+from .runtime import MAX_THREADS, PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 # Below this (calibrated) probability a digit is "not sure": `?` in `mnist-cnn read`, `uncertain` in
 # /v1/read, `uncertain` and `not_a_digit` in /v1/predict. One value for the CLI, the library and the service.
 DEFAULT_MIN_CONFIDENCE = 0.5
-MAX_THREADS = 1024  # more threads than any machine has cores is a typo, and asks for memory per thread
 
 
 def _help(text: str) -> dict:
@@ -213,6 +212,20 @@ class TrainConfig:
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """A config as ``run.json`` or a checkpoint saved it, filled in with today's defaults (for fields added
+        since). ValueError saying what is wrong when this version cannot read it: an unknown field, a wrong type."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"a saved training config must be a JSON object, got {saved!r}"[:200])
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training config field {unknown[0]!r} (written by another mnist-cnn?)")
+        try:
+            return cls(**{**cls().to_dict(), **saved})
+        except TypeError as exc:  # e.g. a list where a number goes
+            raise ValueError(str(exc)) from None
+
     @property
     def validation_seed(self) -> int:
         return validation_seed(self.to_dict())
@@ -318,11 +331,13 @@ class ServeSettings:
     max_image_pixels: int = field(default=16_000_000, metadata={"help": "largest uploaded image (width x height), else 413"})  # fmt: skip
     image_formats: str = field(default="PNG,JPEG,GIF,BMP,WEBP,TIFF", metadata={"help": "uploaded image formats accepted (as Pillow names them), else 415"})  # fmt: skip
     max_batch: int = field(default=64, metadata={"help": "most requests computed in one forward pass"})
-    max_queue: int = field(default=256, metadata={"help": "requests waiting for the model before new ones get 503"})  # fmt: skip
+    max_queue: int = field(default=256, metadata={"help": "requests waiting for the model, or uploads being received and decoded, before new ones get 503"})  # fmt: skip
     batch_wait_ms: float = field(default=0.0, metadata={"help": "wait this long for more requests before a forward pass (0: take what is queued)"})  # fmt: skip
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
-    decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once, each holding up to one full-size image (0: one per CPU core); more wait, up to --max-queue, then 503"})  # fmt: skip
-    limit_concurrency: int = field(default=900, metadata={"help": "most open connections and requests at once; more get 503 (below the common 1,024 file-descriptor limit, so a flood of sockets cannot take the process down)"})  # fmt: skip
+    decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once (0: one per CPU core); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
+    decode_pixels: int = field(default=0, metadata={"help": "most pixels (width x height, as the uploads' headers declare them) decoded at once, which bounds the decodes' memory together: about 16 bytes a pixel for the worst formats (0: --max-image-pixels, one full-size image at a time); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
+    decode_wait_s: float = field(default=5.0, metadata={"help": "longest an upload waits for a decode slot and its pixels before 503 + Retry-After (below common client timeouts)"})  # fmt: skip
+    limit_concurrency: int = field(default=900, metadata={"help": "most open connections: at the cap a new one closes the connection idle longest (408), or gets 503 when all are busy; lowered to leave 64 file descriptors under a tighter ulimit -n, so a flood of silent sockets cannot take the process off the air"})  # fmt: skip
     timeout_keep_alive_s: int = field(default=5, metadata={"help": "close an idle keep-alive connection after this many seconds"})  # fmt: skip
     header_timeout_s: float = field(default=10.0, metadata={"help": "close a connection whose request line and headers are not all in after this many seconds (408), so silent and slow-header clients let go of their sockets"})  # fmt: skip
     max_header_bytes: int = field(default=65_536, metadata={"help": "largest request line and headers in bytes, else 431 and the connection is closed"})  # fmt: skip
@@ -341,8 +356,10 @@ class ServeSettings:
             raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
         if not self.header_timeout_s > 0:
             raise ValueError(f"header_timeout_s must be above 0, got {self.header_timeout_s}")
-        if self.batch_wait_ms < 0 or self.retry_after_s < 0 or self.decode_slots < 0:
-            raise ValueError("batch_wait_ms, retry_after_s and decode_slots must not be negative")
+        if min(self.batch_wait_ms, self.retry_after_s, self.decode_slots, self.decode_pixels, self.decode_wait_s) < 0:
+            raise ValueError(
+                "batch_wait_ms, retry_after_s, decode_slots, decode_pixels and decode_wait_s must not be negative"
+            )
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
 

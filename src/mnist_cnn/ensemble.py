@@ -54,7 +54,7 @@ def make_ensemble(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
         dest.path.mkdir(parents=True)
         atomic_write(dest.weights_path, ModelFolder(run).weights_path.read_bytes())
         dest.write(member.config)
-    accs = [m.config.get("metrics", {}).get("test_accuracy") for m in members]
+    accs = [(m.config.get("metrics") or {}).get("test_accuracy") for m in members]
     ModelFolder(tmp).write(
         {
             "format_version": FORMAT_VERSION,

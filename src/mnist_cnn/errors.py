@@ -33,6 +33,12 @@ class ImageError(MnistCnnError):
     """Input that is not an image this tool can read (missing, corrupt, hostile, unsupported)."""
 
 
+class UnreadableFolderError(ImageError):
+    """A folder of images that cannot be listed (permission denied): said so, never taken for an empty folder."""
+
+    exit_code = 2
+
+
 class NotAnImageError(ImageError):
     """The data is not an image Pillow can read."""
 

@@ -35,7 +35,7 @@ from torch import nn
 from ._version import __version__
 from .classifier import NORMALIZATION_IN_GRAPH, OnnxClassifier, require_onnx
 from .errors import MnistCnnError
-from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder, atomic_write
+from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ONNX_SHA256, ModelFolder, atomic_write
 from .inference import load_model
 
 __all__ = [
@@ -119,7 +119,8 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; atomic_write moves it in
         tmp = Path(scratch) / ONNX_FILE
         exporter = _export(model, example, tmp, opset, clf.config["architecture"])
-        atomic_write(folder / ONNX_FILE, _with_metadata(tmp, onnx_metadata(clf.config, clf.temperature)))
+        data = _with_metadata(tmp, onnx_metadata(clf.config, clf.temperature))
+        atomic_write(folder / ONNX_FILE, data)
     saved = ModelFolder(folder)
     saved.update(onnx={
         "file": ONNX_FILE,
@@ -127,6 +128,7 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
         "exporter": exporter,
         "torch": torch.__version__,
         "weights_sha256": saved.weights_sha256(),
+        ONNX_SHA256: hashlib.sha256(data).hexdigest(),  # ModelFolder.read_onnx checks it
         "input": INPUT,
         NORMALIZATION_IN_GRAPH: True,
     })  # fmt: skip
@@ -203,7 +205,7 @@ def verify_onnx(folder: str | os.PathLike, images, tolerance: float = TOLERANCE,
         "tolerance": tolerance,
         "labels_disagree": disagree,
     }
-    saved.update(onnx={**saved.read().get("onnx", {}), "verified": verified})
+    saved.update(onnx={**(saved.read().get("onnx") or {}), "verified": verified})
     if not diff <= tolerance:  # also catches NaN
         raise ExportError(
             f"{folder / ONNX_FILE}: ONNX Runtime differs from PyTorch by up to {diff:.3g} (more than {tolerance:g})"

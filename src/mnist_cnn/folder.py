@@ -10,8 +10,8 @@ Format versions:
 
 1. ``model_kwargs`` was always ``{}``; the loader took a network's ``width`` from its first convolution.
 2. ``model_kwargs`` holds every constructor argument the network was built with (defaults filled in).
-   Since issue 17, ``weights_sha256`` records the SHA-256 of ``model.safetensors``, checked when the weights
-   are read (folders without it still load).
+   Since issue 17, ``weights_sha256`` records the SHA-256 of ``model.safetensors``, and ``onnx.sha256`` that of
+   ``model.onnx`` (written by ``mnist-cnn export``), each checked when the file is read (folders without them still load).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .errors import ModelFolderError
 FORMAT_VERSION = 2
 WEIGHTS, CONFIG, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 WEIGHTS_SHA256 = "weights_sha256"  # the config.json key holding the SHA-256 of model.safetensors
+ONNX_SHA256 = "sha256"  # the key of config.json's onnx section holding the SHA-256 of model.onnx
 ENSEMBLE, MEMBERS = "ensemble", "members"  # an ensemble folder's architecture, and where its members' folders go
 LABELS = [str(d) for d in range(10)]
 # Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
@@ -180,6 +181,25 @@ class ModelFolder:
         except (SafetensorError, ValueError) as exc:
             raise ModelFolderError(f"{self.weights_path} is damaged: {exc}") from None
 
+    def read_onnx(self, config: dict | None = None) -> bytes:
+        """The bytes of ``model.onnx``; if ``config`` (the folder's) records their SHA-256 (``onnx.sha256``, written
+        by :func:`mnist_cnn.export.export_onnx`), they must match it. Files exported before the digest was recorded load unchecked.
+        """
+        path = self.path / ONNX_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelFolderError(f"{self.path} has no {ONNX_FILE}; create it with: mnist-cnn export {self.path} --format onnx") from None  # fmt: skip
+        except OSError as exc:
+            raise ModelFolderError(f"{path} cannot be read: {exc.strerror or exc}") from None
+        recorded = ((config or {}).get("onnx") or {}).get(ONNX_SHA256)
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise ModelFolderError(
+                f"{path} is damaged or was replaced: it does not match the SHA-256 recorded in {CONFIG};"
+                f" export it again with: mnist-cnn export {self.path} --format onnx"
+            )
+        return data
+
     def weights_sha256(self) -> str:
         """SHA-256 of ``model.safetensors``; for an ensemble folder (no weights of its own), of its
         members' digests in order, so an ensemble's ``model.onnx`` also knows when its weights changed."""
@@ -203,6 +223,14 @@ def _is_int(value) -> bool:
 
 # Shapes no network of this project has: a config that asks for them is damaged, not ambitious.
 LIMITS = {"in_channels": (1, 64), "num_classes": (2, 10_000)}
+# The JSON type of each other field the loaders, the service and ``mnist-cnn runs`` read, when it is present.
+FIELD_TYPES = {
+    "model_kwargs": (dict,), "versions": (dict,), "metrics": (dict, type(None)), "onnx": (dict, type(None)),
+    "training": (dict,), "train_config": (dict,), "validation": (dict,), "calibration": (dict, type(None)),
+    "recipe": (str, type(None)), "labels": (list,), "input_shape": (list,),
+}  # fmt: skip
+JSON_NAMES = {dict: "a JSON object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
+              type(None): "null"}  # fmt: skip
 
 
 def _problem(config: dict) -> str | None:
@@ -216,21 +244,28 @@ def _problem(config: dict) -> str | None:
         value = config.get(name, lo)
         if not _is_int(value) or not lo <= value <= hi:
             return f"{name} must be an integer from {lo} to {hi}, got {value!r}"
+    for name, types in FIELD_TYPES.items():
+        if name in config and not isinstance(config[name], types):
+            return f"{name} must be {' or '.join(JSON_NAMES[t] for t in types)}, got {config[name]!r}"[:300]
     norm = config.get("normalization", MNIST_NORMALIZATION)
     if not isinstance(norm, dict) or not _is_number(norm.get("mean")) or not _is_number(norm.get("std")):
         return f"normalization must hold a finite mean and std, got {norm!r}"
     if norm["std"] <= 0:
         return f"normalization std must be above 0, got {norm['std']!r}"
-    calibration = config.get("calibration") or {}
-    temperature = calibration.get("temperature") if isinstance(calibration, dict) else calibration
+    temperature = (config.get("calibration") or {}).get("temperature")
     if temperature is not None and (not _is_number(temperature) or temperature <= 0):
         return f"calibration temperature must be a finite number above 0, got {temperature!r}"
-    digest = config.get(WEIGHTS_SHA256)
-    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
-        return f"{WEIGHTS_SHA256} must be a hex SHA-256, got {digest!r}"
-    for name in ("model_kwargs", "versions", "metrics"):
-        if name in config and not isinstance(config[name], dict) and not (name == "metrics" and config[name] is None):
-            return f"{name} must be a JSON object, got {config[name]!r}"
+    labels = config.get("labels", LABELS)
+    if len(labels) != config.get("num_classes", 10) or not all(isinstance(x, str | int) for x in labels):
+        return f"labels must be {config.get('num_classes', 10)} names (one per class), got {labels!r}"[:300]
+    shape = config.get("input_shape", [1, 28, 28])
+    if len(shape) != 3 or not all(_is_int(x) and 0 < x <= 4096 for x in shape):
+        return f"input_shape must be [channels, height, width], got {shape!r}"[:300]
+    for name, section in (("", config), ("onnx ", config.get("onnx") or {})):
+        for key in (WEIGHTS_SHA256, ONNX_SHA256):
+            digest = section.get(key)
+            if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+                return f"{name}{key} must be a hex SHA-256, got {digest!r}"[:300]
     return None
 
 

@@ -124,8 +124,10 @@ def _single_network(folder: ModelFolder, config: dict) -> nn.Module:
         model = create_model(
             name, in_channels=config.get("in_channels", 1), num_classes=config.get("num_classes", 10), **kwargs
         )
-    except (ValueError, TypeError) as exc:
-        raise ModelFolderError(f"{folder.config_path}: {exc}") from None
+    except (ValueError, TypeError) as exc:  # torch's own message may not say which argument
+        raise ModelFolderError(
+            f"{folder.config_path}: {name!r} cannot be built with model_kwargs {kwargs}: {exc}"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import distributed
 from .augment import Augmentation
 from .callbacks import Callback, ProgressBar, call
-from .checkpoint import rng_states, set_rng_states
+from .checkpoint import CheckpointError, rng_states, set_rng_states
 from .config import TrainConfig
 from .errors import TrainingDivergedError
 from .inference import batched_logits
@@ -128,6 +128,47 @@ class Stopwatch:
             self.excluded += time.perf_counter() - t
 
 
+# What a checkpoint's training state holds (TrainState.state_dict writes it): each field, the types it may have
+# and, for a number, its least value. Checked where a state is read back, so a damaged one is one error line.
+STATE_FIELDS = {
+    "model": ((dict,), None), "optimizer": ((dict,), None), "scheduler": ((dict,), None),
+    "ema": ((dict, type(None)), None), "shuffle": ((torch.Tensor,), None), "epoch": ((int,), 1), "step": ((int,), 0),
+    "loss_sum": ((torch.Tensor,), None), "correct": ((torch.Tensor,), None), "history": ((list,), None),
+    "best_epoch": ((int,), 0), "best_acc": ((int, float), -1), "best_state": ((dict, type(None)), None),
+    "train_seconds": ((int, float), 0), "rng": ((list,), None), "config": ((dict,), None),
+}  # fmt: skip
+
+
+def check_state(state: dict) -> None:
+    """Raise CheckpointError when ``state`` lacks a field of :data:`STATE_FIELDS` or holds one of the wrong type."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the training state is a {type(state).__name__}, not a dict")
+    for name, (types, least) in STATE_FIELDS.items():
+        if name not in state:
+            raise CheckpointError(f"the training state has no {name!r}")
+        value = state[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CheckpointError(f"the training state's {name!r} is of type {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}")  # fmt: skip
+        if least is not None and not (math.isfinite(value) and value >= least):
+            raise CheckpointError(f"the training state's {name!r} is {value!r}; it must be at least {least}")
+    if not all(isinstance(row, dict) for row in state["history"]):
+        raise CheckpointError("the training state's 'history' must be a list of rows (dicts)")
+    if not state["rng"] or not all(isinstance(process, dict) for process in state["rng"]):
+        raise CheckpointError("the training state's 'rng' must hold one dict of random states per process")
+
+
+def _tensors_differ(saved: dict | None, reference: dict) -> str | None:
+    """How ``saved`` (a state dict, or None) differs from ``reference`` in names or tensor shapes, or None."""
+    if saved is None:
+        return None
+    if set(saved) != set(reference):
+        return f"{len(saved)} tensors, expected {len(reference)} ({sorted(set(saved) ^ set(reference))[0]!r})"
+    for name, tensor in reference.items():
+        if not isinstance(saved[name], torch.Tensor) or saved[name].shape != tensor.shape:
+            return f"{name!r} is {getattr(saved[name], 'shape', type(saved[name]).__name__)}, expected {tuple(tensor.shape)}"
+    return None
+
+
 class TrainState:
     """Everything training needs to continue exactly after a crash: the model, optimiser,
     schedule, EMA, shuffling and augmentation random states, where in which epoch, the running
@@ -185,20 +226,34 @@ class TrainState:
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.shuffle.set_state(state["shuffle"])  # mid-epoch: the epoch's order is drawn again, the same
+        """Continue from ``state`` (a :meth:`state_dict` read back); CheckpointError when it is damaged or does not
+        fit this run's model, optimiser or number of epochs."""
+        check_state(state)
+        if state["epoch"] > self.config.epochs + 1:  # epochs + 1: saved after the last epoch ended
+            raise CheckpointError(
+                f"the training state is at epoch {state['epoch']} of a {self.config.epochs}-epoch run"
+            )
+        problem = _tensors_differ(state["best_state"], self.kept.state_dict())
+        if problem:
+            raise CheckpointError(f"the best weights in the training state do not fit the model: {problem}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.shuffle.set_state(state["shuffle"])  # mid-epoch: the epoch's order is drawn again, the same
+            self.loss_sum.copy_(state["loss_sum"])
+            self.correct.copy_(state["correct"])
+            self._set_random_states(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:  # torch's types for a misfit
+            first = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"the training state does not fit this run: {first}") from None
         self.epoch_shuffle = state["shuffle"]
         self.epoch, self.step = state["epoch"], state["step"]
-        self.loss_sum.copy_(state["loss_sum"])
-        self.correct.copy_(state["correct"])
         self.history, self.best_epoch = list(state["history"]), state["best_epoch"]
         self.best_acc, self.best_state = state["best_acc"], state["best_state"]
         self.clock = Stopwatch(state["train_seconds"])
-        self._set_random_states(state["rng"])
         self.resumed_from = self.global_step
 
     def _set_random_states(self, per_process: list[dict]) -> None:

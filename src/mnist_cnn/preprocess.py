@@ -25,6 +25,7 @@ Everything that reads an image — the CLI, the Python API, the server — goes 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from .decode import LIMITS, WORK_SIDE, ImageLimits, PreprocessRecord, decode_ima
 from .decode import MAX_BYTES as MAX_BYTES
 from .decode import MAX_PIXELS as MAX_PIXELS
 from .errors import FormatNotAcceptedError as FormatNotAcceptedError
-from .errors import ImageError, NoDigitError
+from .errors import ImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .strokes import otsu, polarity_evidence, reduce_mask, remove_lines
@@ -372,14 +373,31 @@ def simple_preprocess(source) -> np.ndarray:
 
 
 def find_images(paths) -> list[Path]:
-    """Expand folders (recursively) into the image files they hold, sorted; files named directly are kept as given."""
+    """Expand folders (recursively) into the image files they hold, sorted; files named directly are kept as given.
+
+    A folder (or a folder inside it) that cannot be listed is an :class:`UnreadableFolderError`, not a folder
+    without images.
+    """
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = _images_in(path)
             if not inside:
                 raise ImageError(f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
             found.extend(inside)
         else:
             found.append(path)
     return found
+
+
+def _images_in(folder: Path) -> list[Path]:
+    def refuse(exc: OSError):  # os.walk (and Path.rglob) would skip the folder without a word
+        raise UnreadableFolderError(f"{exc.filename}: cannot list this folder: {exc.strerror or exc}") from None
+
+    found = [
+        Path(root, name)
+        for root, _, files in os.walk(folder, onerror=refuse)
+        for name in files
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(p for p in found if p.is_file())

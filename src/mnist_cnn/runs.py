@@ -1,7 +1,9 @@
-"""The runs in a folder, as a table: ``mnist-cnn runs [FOLDER]``.
+"""The runs in a folder, as a table: ``mnist-cnn runs [FOLDER]``; and ``run.json``, what a run started with.
 
 Reads each run folder's ``config.json`` and ``metrics.json`` (and, for a run still training or
-stopped before it saved a model, its ``history.json`` and checkpoints); it never loads weights.
+stopped before it saved a model, its ``run.json``, ``history.json`` and checkpoints); it never loads weights.
+``run.json`` is written and read here only (:func:`write_run_settings`, :func:`read_run_settings`), each
+field checked against :data:`RUN_FIELDS` where it is read, so a damaged one is one error line.
 """
 
 from __future__ import annotations
@@ -12,9 +14,18 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import MAX_THREADS, TrainConfig
 from .errors import MnistCnnError, ModelFolderError
-from .folder import ModelFolder
+from .folder import JSON_NAMES, ModelFolder, write_json
 
+RUN_FILE = "run.json"
+# Each field of run.json, the JSON types it may have and, for a number, its range; a run.json from an
+# older version may lack some, and fields it does not know are ignored.
+RUN_FIELDS = {
+    "recipe": ((str, type(None)), None), "train_config": ((dict,), None), "started": ((str,), None),
+    "deterministic": ((bool,), None), "threads": ((int,), (1, MAX_THREADS)), "world_size": ((int,), (1, 65_536)),
+    "tensorboard": ((bool,), None), "checkpoint_every": ((int,), (0, 2**62)), "keep_checkpoints": ((int,), (1, 2**62)),
+}  # fmt: skip
 COLUMNS = ("run", "recipe", "model", "epochs", "val_acc", "test_acc", "time_s", "date", "status")
 
 
@@ -29,6 +40,55 @@ class RunRow:
     time_s: float | None  # training seconds
     date: str | None  # when the model was saved (ISO 8601)
     status: str  # done, interrupted, not evaluated, in progress or stopped (checkpoints only)
+
+
+class RunSettingsError(MnistCnnError):
+    """A run's ``run.json`` is damaged: not JSON, or a field of the wrong type or out of range."""
+
+    exit_code = 2
+
+
+def write_run_settings(run_dir: str | os.PathLike, settings: dict) -> None:
+    """Write ``run.json``; what could not be read back is refused (ValueError) rather than written."""
+    problem = _run_settings_problem(settings)
+    if problem:
+        raise ValueError(f"{RUN_FILE}: {problem}")
+    write_json(Path(run_dir) / RUN_FILE, settings)
+
+
+def read_run_settings(run_dir: str | os.PathLike) -> dict:
+    """What ``run.json`` recorded when the run started (recipe, training config, options), each field checked;
+    {} when the folder has none. Raises :class:`RunSettingsError` for a damaged one."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        settings = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunSettingsError(f"{path} cannot be read: {exc}") from None
+    problem = _run_settings_problem(settings)
+    if problem:
+        raise RunSettingsError(f"{path}: {problem}")
+    return settings
+
+
+def _run_settings_problem(settings) -> str | None:
+    if not isinstance(settings, dict):
+        return f"must be a JSON object, got {settings!r}"[:200]
+    for name, (types, bounds) in RUN_FIELDS.items():
+        if name not in settings:
+            continue
+        value = settings[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"{name} must be {' or '.join(JSON_NAMES[t] for t in types)}, got {value!r}"[:200]
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            return f"{name} must be from {bounds[0]} to {bounds[1]}, got {value!r}"
+    if "train_config" in settings:
+        try:
+            TrainConfig.from_saved(settings["train_config"])
+        except ValueError as exc:
+            return f"train_config: {exc}"
+    return None
 
 
 def _read_json(path: Path):
@@ -52,7 +112,10 @@ def read_run(folder: Path) -> RunRow | None:
             return None
         # Training has started but no model was saved yet: still running, or killed (resumable).
         rows = [r for r in history if isinstance(r, dict)] if isinstance(history, list) else []
-        started = _read_json(folder / "run.json") or {}
+        try:
+            started = read_run_settings(folder)
+        except RunSettingsError:  # the table shows what it can
+            started = {}
         planned = (started.get("train_config") or {}).get("epochs", "?")
         val = [r["val_accuracy"] for r in rows if isinstance(r.get("val_accuracy"), float)]
         return RunRow(

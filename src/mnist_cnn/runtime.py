@@ -11,6 +11,7 @@ import os
 import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
+MAX_THREADS = 1024  # more threads than any machine has cores is a typo, and asks for memory per thread
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -40,6 +41,8 @@ def configure_threads(threads: int | None) -> int:
     """Use ``threads`` CPU threads, or by default (None or 0) one per core this process may run on."""
     if threads is None or threads <= 0:
         threads = available_cores()
+    if threads > MAX_THREADS:
+        raise ValueError(f"threads must be at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(threads)
     return threads
 

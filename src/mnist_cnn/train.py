@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import os
 import time
@@ -32,9 +31,10 @@ from .data import MNIST, split_validation
 from .errors import MnistCnnError, ModelFolderError
 from .folder import MNIST_NORMALIZATION, atomic_write, read_config, save_model, versions, write_json
 from .inference import to_model_input
-from .loop import FitResult, fit, steps_per_epoch
+from .loop import FitResult, check_state, fit, steps_per_epoch
 from .models import count_parameters, create_model, list_models
 from .reproducibility import git_commit, package_versions, seed_everything
+from .runs import read_run_settings, write_run_settings
 from .runtime import configure_threads, select_device, uses_bf16
 from .tracking import TensorBoardLogger
 
@@ -140,24 +140,6 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _saved_config(saved: dict) -> TrainConfig | None:
-    """A config as a checkpoint or run.json saved it, filled in with today's defaults (for fields
-    added since); None when this version cannot read it."""
-    try:
-        return TrainConfig(**{**TrainConfig().to_dict(), **saved})
-    except (TypeError, ValueError):
-        return None
-
-
-def read_run_settings(run_dir: str | os.PathLike) -> dict:
-    """What ``run.json`` recorded when the run started (recipe, config, options); {} if unreadable."""
-    try:
-        settings = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return settings if isinstance(settings, dict) else {}
-
-
 class RunFinishedError(MnistCnnError):
     """The run saved its model after its last epoch: there is nothing left to resume."""
 
@@ -170,30 +152,35 @@ def _was_interrupted(run_dir: Path) -> bool:
 
 
 def resumable_settings(run_dir: str | os.PathLike) -> dict:
-    """The settings ``run_dir`` started with (its ``run.json``), checked that the run can be resumed."""
+    """The settings ``run_dir`` started with (its ``run.json``, checked field by field), checked that the run can be
+    resumed. Raises :class:`~mnist_cnn.runs.RunSettingsError` for a damaged ``run.json``."""
     run_dir = Path(run_dir)
     settings = read_run_settings(run_dir)
-    if not isinstance(settings.get("train_config"), dict):
+    if "train_config" not in settings:
         raise MnistCnnError(f"{run_dir} is not a run folder that can be resumed: it has no readable run.json")
-    if _saved_config(settings["train_config"]) is None:
-        raise MnistCnnError(f"{run_dir / 'run.json'} holds a training config this version cannot read")
     if (run_dir / "config.json").is_file() and not _was_interrupted(run_dir):
         raise RunFinishedError(f"{run_dir} finished training already; there is nothing to resume")
     return settings
 
 
-def _checkpoint_to_resume(store: Checkpoints, config: TrainConfig) -> dict | None:
-    """The newest intact checkpoint, checked to come from ``config``; None when there is none yet."""
+def _checkpoint_to_resume(store: Checkpoints, config: TrainConfig) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint and its state, checked (fields, and that it comes from ``config``);
+    None when there is none yet."""
     run_dir = store.folder.parent
     found = store.latest()
     if found is None:  # killed before its first checkpoint was complete: nothing to lose
         log.warning("%s has no intact checkpoint yet; training it again from the start", run_dir)
         return None
     path, state = found
-    if _saved_config(state["config"]) != config:
+    try:
+        check_state(state)
+        saved = TrainConfig.from_saved(state["config"])
+    except (CheckpointError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if saved != config:
         raise CheckpointError(f"{path} was written with another training config than {run_dir / 'run.json'}")
     log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
-    return state
+    return path, state
 
 
 def _start_folder(run_dir: Path, config: TrainConfig, resume: bool, options: dict) -> str:
@@ -203,7 +190,7 @@ def _start_folder(run_dir: Path, config: TrainConfig, resume: bool, options: dic
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            write_json(run_dir / "run.json", {
+            write_run_settings(run_dir, {
                 "recipe": options["recipe"], "train_config": config.to_dict(), "started": started,
                 "deterministic": options["deterministic"], "threads": torch.get_num_threads(),
                 "world_size": env.world_size, "tensorboard": options["tensorboard"],
@@ -331,7 +318,8 @@ def train_run(
     options = {"recipe": recipe, "deterministic": deterministic, "tensorboard": tensorboard,
                "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints}  # fmt: skip
     checkpointing = Checkpointing(Checkpoints(run_dir, keep=keep_checkpoints), checkpoint_every)  # checked first
-    state = _checkpoint_to_resume(checkpointing.store, config) if resume else None
+    resumed = _checkpoint_to_resume(checkpointing.store, config) if resume else None
+    state = resumed[1] if resumed else None
     started = _start_folder(run_dir, config, resume, options)
     # Checked before the slow steps; a resumed run has its own weights in the checkpoint.
     initial = initial_weights(config) if config.init and state is None else None
@@ -347,7 +335,10 @@ def train_run(
         if board is not None and state is None:
             board.config({"recipe": recipe, **config.to_dict()})
             board.images(data.train_images, data.train_labels)
-        result = fit(model, train, val, config, progress=progress, callbacks=hooks, resume=state, rejects=rejects)
+        try:
+            result = fit(model, train, val, config, progress=progress, callbacks=hooks, resume=state, rejects=rejects)
+        except CheckpointError as exc:  # only the resumed state raises it: it does not fit the model
+            raise CheckpointError(f"{resumed[0]}: {exc}") from None
     finally:
         torch.use_deterministic_algorithms(previous)
         if board is not None:
@@ -397,7 +388,7 @@ def resume_run(
         configure_threads(threads)
     try:
         return train_run(
-            _saved_config(settings["train_config"]), data, run_dir, recipe=settings.get("recipe"),
+            TrainConfig.from_saved(settings["train_config"]), data, run_dir, recipe=settings.get("recipe"),
             device=device, progress=progress, callbacks=callbacks, resume=True,
             deterministic=settings.get("deterministic", False) or deterministic,
             tensorboard=settings.get("tensorboard", False) or tensorboard,

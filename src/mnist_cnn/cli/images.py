@@ -101,8 +101,15 @@ def _check_min_confidence(args) -> None:
         raise ValueError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
 
 
+def _printable(text) -> str:
+    """``text`` for one line of text output: newlines, tabs and other control characters escaped as Python writes
+    them (``new\\nline.png``), so a file name can neither split a line nor drive the terminal. JSON and CSV keep it exact."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Output:
-    """Rows to standard output or a file, as readable lines, CSV or JSON Lines."""
+    """Rows to standard output or a file, as readable lines (file names escaped: :func:`_printable`), CSV or JSON Lines."""
 
     def __init__(self, args, columns: list[str]):
         self.format = "jsonl" if args.json else args.format or "text"
@@ -122,7 +129,7 @@ class _Output:
             flat = {**row, **{f"p{d}": p for d, p in enumerate(row.get("probabilities") or [])}}
             self.csv.writerow({k: ("" if flat.get(k) is None else flat[k]) for k in self.columns})
         else:
-            self.file.write(text + "\n")
+            self.file.write(_printable(text) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -148,7 +155,7 @@ def _batch(args, columns: list[str], handle) -> int:
                 row, text = handle(path)
             except MnistCnnError as exc:  # one bad file is reported and counted, the batch goes on
                 failures += 1
-                bar.write(f"error: {exc}", file=sys.stderr)
+                bar.write(_printable(f"error: {exc}"), file=sys.stderr)
                 row, text = {"file": str(path), "error": str(exc)}, f"{path}: error: {exc}"
                 if out.format == "text" and out.file is sys.stdout:
                     continue  # said once, on standard error; a CSV, JSON Lines or --out file keeps its row

@@ -2,6 +2,8 @@
 
 Pure ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware): a body over the limit is
 refused with 413 from its Content-Length before it is read, or while a chunked body is read.
+A client that leaves before its body is in is logged as status 499 (nginx's "client closed
+request"), one line like any other request, not a traceback: nobody is left to answer.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.requests import ClientDisconnect
+
 from ..config import ServeSettings as Settings
 from .errors import ApiError, error_response
 
 access_log = logging.getLogger("mnist_cnn.access")
+CLIENT_CLOSED = 499  # the status logged for a client that disconnected while its request was read
 
 
 class BodyTooLarge(Exception):
@@ -50,13 +55,16 @@ class Guard:
                     raise BodyTooLarge
             return message
 
-        refused = _refusal(scope["headers"], limit)
-        if refused is not None:
-            await error_response(refused)(scope, receive, send_status)
-        else:
-            await self.app(scope, limited_receive, send_status)
+        refused, detail = _refusal(scope["headers"], limit), None
+        try:
+            if refused is not None:
+                await error_response(refused)(scope, receive, send_status)
+            else:
+                await self.app(scope, limited_receive, send_status)
+        except ClientDisconnect:
+            status[0], detail = CLIENT_CLOSED, "client disconnected"
         if self.log:
-            _log_access(scope, status[0], t0, received[0])
+            _log_access(scope, status[0], t0, received[0], detail)
 
 
 def _refusal(headers, limit: int) -> ApiError | None:
@@ -69,10 +77,10 @@ def _refusal(headers, limit: int) -> ApiError | None:
     return None
 
 
-def _log_access(scope, status: int, t0: float, received: int) -> None:
+def _log_access(scope, status: int, t0: float, received: int, detail: str | None = None) -> None:
     client = scope.get("client")
     access_log.info(
-        '{"method":"%s","path":"%s","status":%d,"ms":%.2f,"bytes_in":%d,"client":"%s"}',
+        '{"method":"%s","path":"%s","status":%d,"ms":%.2f,"bytes_in":%d,"client":"%s"%s}',
         scope["method"], scope["path"].replace('"', "%22"), status, (time.perf_counter() - t0) * 1000,
-        received, f"{client[0]}:{client[1]}" if client else "-",
+        received, f"{client[0]}:{client[1]}" if client else "-", f',"detail":"{detail}"' if detail else "",
     )  # fmt: skip

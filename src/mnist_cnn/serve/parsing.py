@@ -10,11 +10,13 @@ import numpy as np
 import orjson
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .errors import ApiError
 
 JSON_KEYS = {"pixels", "scale", "min_confidence"}
+MAX_FORM_FIELDS = 4  # text fields beside the image (min_confidence, and a few a form may add)
+MAX_TEXT_BYTES = 1024  # one text field's value: a number, not a payload
 
 
 def content_type(request: Request) -> str:
@@ -83,11 +85,17 @@ def _json_type(v) -> str:
     return names.get(type(v), type(v).__name__)
 
 
-async def read_upload(request: Request, max_part_bytes: int) -> tuple[bytes, dict[str, str]]:
-    """The bytes of the multipart file field ``image``, and the text fields sent with it."""
+async def read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
+    """The bytes of the multipart file field ``image``, and the text fields sent with it.
+
+    ApiError for every way a multipart body can be wrong, naming the part: 422 for no boundary, a second
+    file or too many fields, 413 for a text field over MAX_TEXT_BYTES (the body's own limit is the Guard's).
+    """
+    if "boundary=" not in request.headers.get("content-type", "").lower():
+        raise ApiError(422, "multipart/form-data needs a boundary in its Content-Type (let the HTTP client write the header)", "content-type")  # fmt: skip
     try:
-        form = await request.form(max_files=1, max_fields=4, max_part_size=max_part_bytes)
-    except MultiPartException as exc:
+        form = await _UploadParser(request).parse()
+    except MultiPartException as exc:  # a part without a name, a body that is not multipart at all
         raise ApiError(422, f"malformed multipart body: {exc.message}", "body") from None
     try:
         upload = form.get("image")
@@ -98,6 +106,36 @@ async def read_upload(request: Request, max_part_bytes: int) -> tuple[bytes, dic
         return await upload.read(), fields
     finally:
         await form.close()
+
+
+class _UploadParser(MultiPartParser):
+    """Starlette's multipart parser with the service's limits, each refused as an ApiError that names the part.
+
+    ``Request.form`` turns its own limits into a bare 400 without a field; here they are counted as each part's
+    headers end, before its data is stored. (Uses Starlette's ``_current_part``: tests/test_hostile.py checks it.)
+    """
+
+    def __init__(self, request: Request):
+        super().__init__(request.headers, request.stream(), max_part_size=MAX_TEXT_BYTES)
+        self.files, self.fields = 0, 0
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        part = self._current_part
+        if part.file is not None:
+            self.files += 1
+            if self.files > 1:
+                raise ApiError(422, f"send one file, in the field 'image'; {part.field_name!r} is a second file", part.field_name)  # fmt: skip
+        else:
+            self.fields += 1
+            if self.fields > MAX_FORM_FIELDS:
+                raise ApiError(422, f"too many form fields: {part.field_name!r} is one more than {MAX_FORM_FIELDS}", part.field_name)  # fmt: skip
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + end - start > MAX_TEXT_BYTES:
+            raise ApiError(413, f"form field {part.field_name!r} is longer than {MAX_TEXT_BYTES} bytes", part.field_name)  # fmt: skip
+        super().on_part_data(data, start, end)
 
 
 def min_confidence(request: Request, sent, default: float, where: str = "form") -> float:

@@ -41,7 +41,7 @@ async def read(request: Request, service: ServiceDep):
     if ctype != "multipart/form-data":
         raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; /v1/read takes multipart/form-data with the image in a field named 'image'", "content-type")  # fmt: skip
     async with service.upload():
-        data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
+        data, fields = await parsing.read_upload(request)
         min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), service.settings.min_confidence)
         return json_response(await service.read(data, min_confidence))
 
@@ -73,7 +73,7 @@ async def _read_image(request: Request, service: Service) -> tuple[np.ndarray, f
         return image, parsing.min_confidence(request, data.get("min_confidence"), default, "body")
     if ctype == "multipart/form-data":
         async with service.upload():
-            data, fields = await parsing.read_upload(request, service.settings.max_body_bytes)
+            data, fields = await parsing.read_upload(request)
             min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), default)
             return await service.decode(decode_upload, data, service.settings), min_confidence
     raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; send application/json or multipart/form-data", "content-type")  # fmt: skip

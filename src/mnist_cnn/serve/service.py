@@ -20,8 +20,9 @@ from ..config import ServeSettings as Settings
 from ..errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from ..inference import load_model, read_config
 from .batcher import MicroBatcher, QueueFull
+from .decoding import DecodeGate, DecodeRefused
 from .errors import broken_model, busy
-from .uploads import read_upload
+from .uploads import header_pixels, read_upload
 
 log = logging.getLogger("mnist_cnn.serve")
 
@@ -38,8 +39,9 @@ class Service:
         self.started = time.time()
         self.parameters: int | None = None
         self.uploads = 0  # uploads being received, waiting for a decode slot or decoded now
-        # Each decode may hold a full-size image: a few at once, never one per waiting client.
-        self._decodes = asyncio.Semaphore(settings.decode_slots or _cores())
+        # A decode holds memory in proportion to its pixels: a few at once, never one per waiting client.
+        self.decoding = DecodeGate(settings.decode_slots or _cores(), settings.decode_pixels or settings.max_image_pixels,
+                                   settings.decode_wait_s)  # fmt: skip
 
     @property
     def ready(self) -> bool:
@@ -120,10 +122,14 @@ class Service:
         finally:
             self.uploads -= 1
 
-    async def decode(self, fn, *args):
-        """``fn(*args)`` in a worker thread, at most ``decode_slots`` at once (a decode's memory is bounded, not their number)."""
-        async with self._decodes:
-            return await run_in_threadpool(fn, *args)
+    async def decode(self, fn, data: bytes, *args):
+        """``fn(data, *args)`` in a worker thread once a decode slot and the pixels ``data``'s header declares are free
+        (:class:`~.decoding.DecodeGate`); 503 + Retry-After when they are not within ``decode_wait_s``."""
+        try:
+            async with self.decoding.admit(header_pixels(data, self.settings)):
+                return await run_in_threadpool(fn, data, *args)
+        except DecodeRefused:
+            raise busy(self.settings.retry_after_s, "the server is decoding other images; retry shortly") from None
 
     async def read(self, data: bytes, min_confidence: float) -> dict:
         """Read every digit in an uploaded image (decoding, segmentation and its forward passes in a worker thread)."""
@@ -145,7 +151,7 @@ class Service:
             "labels": c.get("labels"),
             "input_shape": c.get("input_shape", [1, 28, 28]),
             "normalization": c.get("normalization"),
-            "metrics": c.get("metrics", {}),
+            "metrics": c.get("metrics") or {},
             "runtime": s.runtime,
             "onnx": c.get("onnx"),
             "versions": versions,
@@ -156,7 +162,9 @@ class Service:
                 "max_image_pixels": s.max_image_pixels,
                 "image_formats": sorted(s.formats),
                 "max_queue": s.max_queue,
-                "decode_slots": s.decode_slots or _cores(),
+                "decode_slots": self.decoding.slots,
+                "decode_pixels": self.decoding.pixels,
+                "decode_wait_s": s.decode_wait_s,
             },
         }
         if self.batcher is not None:

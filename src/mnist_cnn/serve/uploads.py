@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
+from PIL import Image
 
 from ..config import ServeSettings as Settings
 from ..errors import (
@@ -46,6 +48,21 @@ def read_upload(data: bytes, settings: Settings, classifier, min_confidence: flo
     if not reading.found:
         body["detail"] = "no digit found in the image"
     return body
+
+
+def header_pixels(data: bytes, settings: Settings) -> int:
+    """Width x height as the upload's header declares them (nothing is decoded): what its decode will hold.
+
+    0 when Pillow reads no header, or when the image is over the pixel limit: decoding refuses those at once.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                pixels = img.width * img.height
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, Image.DecompressionBombError):
+        return 0
+    return pixels if pixels <= settings.max_image_pixels else 0
 
 
 def _named(data: bytes) -> io.BytesIO:
