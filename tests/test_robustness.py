@@ -127,7 +127,7 @@ def test_blank_pages_hold_no_digit_and_two_digits_hold_two(digits):
 class FixedClassifier:
     """Answers a frame's top-left pixel value mod 10: sure (0.91) for values below 10, unsure (0.46) above."""
 
-    def predict_proba(self, frames):
+    def frame_proba(self, frames):
         out = np.zeros((len(frames), 10))
         for i, code in enumerate(frames[:, 0, 0]):
             top = 0.91 if code < 10 else 0.46
