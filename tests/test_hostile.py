@@ -308,6 +308,23 @@ def _wait_for(condition, seconds=10.0):
         time.sleep(0.01)
 
 
+def _gated_decode(running: dict, lock, release):
+    """A decode that stands for a slow one of a huge image: counts itself in ``running`` (now, calls, most)
+    and waits for ``release``."""
+
+    def gated_decode(data, settings):
+        with lock:
+            running["now"] += 1
+            running["calls"] = running.get("calls", 0) + 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+        return np.zeros((28, 28), np.float32)
+
+    return gated_decode
+
+
 def test_uploads_over_the_queue_limit_get_503_before_decoding_and_decodes_are_bounded(folder, monkeypatch):
     import threading
 
@@ -316,17 +333,7 @@ def test_uploads_over_the_queue_limit_get_503_before_decoding_and_decodes_are_bo
     release, lock = threading.Event(), threading.Lock()
     running = {"now": 0, "most": 0, "calls": 0}
 
-    def gated_decode(data, settings):  # stands for a slow decode of a huge image
-        with lock:
-            running["now"] += 1
-            running["calls"] += 1
-            running["most"] = max(running["most"], running["now"])
-        release.wait(10)
-        with lock:
-            running["now"] -= 1
-        return np.zeros((28, 28), np.float32)
-
-    monkeypatch.setattr(routes, "decode_upload", gated_decode)
+    monkeypatch.setattr(routes, "decode_upload", _gated_decode(running, lock, release))
     settings = Settings(runtime="torch", max_queue=3, decode_slots=2, retry_after_s=4)
     files = {"image": ("a.png", _png_bytes(), "image/png")}
     with TestClient(create_app(folder, settings)) as c:
@@ -882,16 +889,7 @@ def test_decodes_hold_at_most_the_pixel_budget_and_wait_at_most_decode_wait_s(fo
     release, lock = threading.Event(), threading.Lock()
     running = {"now": 0, "most": 0}
 
-    def gated_decode(data, settings):
-        with lock:
-            running["now"] += 1
-            running["most"] = max(running["most"], running["now"])
-        release.wait(10)
-        with lock:
-            running["now"] -= 1
-        return np.zeros((28, 28), np.float32)
-
-    monkeypatch.setattr(routes, "decode_upload", gated_decode)
+    monkeypatch.setattr(routes, "decode_upload", _gated_decode(running, lock, release))
     settings = Settings(runtime="torch", decode_slots=4, decode_pixels=3000, decode_wait_s=0.5, retry_after_s=3)
     files = {"image": ("a.png", _png_bytes(), "image/png")}
     with TestClient(create_app(folder, settings)) as c:
