@@ -52,6 +52,22 @@ def test_run_folder_holds_model_history_metrics_and_report(trained_run):
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5
     assert f"{metrics['test_accuracy']:.4f}" in html
+    assert "<h2>Hyper-parameters (train config)</h2>" in html and "<tr><th>batch_size</th><td>32</td></tr>" in html
+    assert f"<tr><th>trained</th><td>{config['started']} to {config['created']}</td></tr>" in html
+
+
+def test_the_curves_say_which_loss_is_which_and_label_a_lone_epoch(tmp_path):
+    from mnist_cnn.report import curves, loss_names
+
+    smoothed = {"label_smoothing": 0.1, "aug_rotate": 10}
+    assert loss_names(smoothed) == (
+        "training loss (with label smoothing 0.1, on augmented batches)",
+        "validation loss (plain cross-entropy)",
+    )
+    assert loss_names({"label_smoothing": 0.0})[0] == "training loss"
+    one = [{"epoch": 1, "train_loss": 0.61, "val_loss": 0.07, "train_accuracy": 0.9, "val_accuracy": 0.981}]
+    path = curves(one, tmp_path / "curves.png", best_epoch=1, train_config=smoothed)
+    assert path.stat().st_size > 1000
 
 
 def test_metrics_agree_with_a_hand_computed_confusion_matrix(trained_run, mnist):

@@ -85,21 +85,40 @@ def mistakes_grid(images, labels, probs, path: Path, n: int = 16) -> Path:
     return _digit_grid(images[order], titles, path, cols=8)
 
 
-def curves(history: list[dict], path: Path, best_epoch: int | None = None) -> Path:
-    """Loss and accuracy per epoch, training and validation."""
+def loss_names(train_config: dict | None) -> tuple[str, str]:
+    """How the two loss curves were computed, so they are not read as the same quantity."""
+    tc = train_config or {}
+    parts = ["on augmented batches"] if tc.get("aug_rotate") or tc.get("aug_translate") or tc.get("aug_scale") else []
+    if tc.get("label_smoothing"):
+        parts.insert(0, f"with label smoothing {tc['label_smoothing']}")
+    train = "training loss" + (f" ({', '.join(parts)})" if parts else "")
+    return train, "validation loss (plain cross-entropy)"
+
+
+def curves(history: list[dict], path: Path, best_epoch: int | None = None, train_config: dict | None = None) -> Path:
+    """Loss and accuracy per epoch, training and validation; with one or two epochs, each point is labelled
+    with its value (a line needs more points)."""
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
-    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label=f"training {name}")
-        if history and f"val_{key}" in history[0]:
-            ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label=f"validation {name}")
+    train_loss, val_loss = loss_names(train_config)
+    names = {"loss": (train_loss, val_loss), "accuracy": ("training accuracy", "validation accuracy")}
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for prefix, marker, name in (("train", "o-", names[key][0]), ("val", "s-", names[key][1])):
+            if not history or f"{prefix}_{key}" not in history[0]:
+                continue
+            values = [r[f"{prefix}_{key}"] for r in history]
+            ax.plot(epochs, values, marker, label=name)
+            if len(values) <= 2:
+                for x, v in zip(epochs, values, strict=True):
+                    ax.annotate(f"{v:.4f}", (x, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
         if best_epoch:
             ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set_xticks(epochs if len(epochs) <= 12 else ax.get_xticks())
+        ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     ax_loss.set_title("Loss")
     ax_acc.set_title("Accuracy")
     return _save(fig, path)
@@ -118,11 +137,18 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _table(items: dict) -> str:
+    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+
+
 def write_html(
-    path: Path, title: str, summary: dict, class_report: dict, figures: list[tuple[str, Path]], misclassified: list[int]
-) -> Path:
-    """One HTML file with every figure embedded, so it can be mailed or opened anywhere."""
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    path: Path, title: str, summary: dict, class_report: dict, figures: list[tuple[str, Path]], misclassified: list[int],
+    settings: dict | None = None,
+) -> Path:  # fmt: skip
+    """One HTML file with every figure embedded, so it can be mailed or opened anywhere; ``settings`` (the
+    training run's hyper-parameters) get a table of their own."""
+    rows = _table(summary)
+    hyper = f"<h2>Hyper-parameters (train config)</h2><table>{_table(settings)}</table>" if settings else ""
     per_class = "".join(
         f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{m[key]:.4f}</td>" for key in ("precision", "recall", "f1-score"))
         + f"<td>{int(m['support'])}</td></tr>"
@@ -137,6 +163,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px;t
 th{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <table>{rows}</table>
+{hyper}
 <h2>Classification report (test set)</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
 {figs}
@@ -156,6 +183,7 @@ def write_run_report(run: RunEvaluation, data: MNIST, *, seed: int = 0) -> Path:
     path = write_html(
         run.run_dir / REPORT, f"mnist-cnn report: {run.run_dir.name}", _summary(run, len(data.test_labels)),
         run.metrics["classification_report"], _figures(run, data, figures_dir, seed), run.metrics["misclassified"],
+        run.config.get("train_config"),
     )  # fmt: skip
     log.info("report: %s", path)
     return path
@@ -169,7 +197,8 @@ def _figures(run: RunEvaluation, data: MNIST, folder: Path, seed: int) -> list[t
     aug = augmentation_of(run.config)
     figures = [
         ("Sample training digits", sample_grid(train_images, train_labels, folder / "samples.png", seed=seed)),
-        *([("Loss and accuracy per epoch", curves(run.history, folder / "curves.png", best_epoch))] if run.history else []),
+        *([("Loss and accuracy per epoch", curves(run.history, folder / "curves.png", best_epoch,
+                                                   run.config.get("train_config")))] if run.history else []),
         *([("Augmented training digits (top row: originals)", augmentation_grid(
             train_images, train_labels, aug, folder / "augmentation.png", seed=seed))] if aug is not None else []),
         ("Five random test images: actual vs. predicted", prediction_grid(test_images, test_labels, result.preds, folder / "predictions.png", seed=seed)),
@@ -185,6 +214,7 @@ def _summary(run: RunEvaluation, test_images: int) -> dict:
         "architecture": f"{run.config['architecture']} ({run.parameters:,} parameters)",
         "runtime": run.runtime,
         "recipe": run.config.get("recipe") or "-",
+        "trained": f"{run.config.get('started', '?')} to {run.config.get('created', '?')}",
         "epochs completed": training.get("epochs_completed", "-"),
         "checkpoint kept": f"epoch {training.get('best_epoch')} ({training.get('selection', '-')})",
         "training time": f"{training.get('train_seconds', 0):.1f} s on {training.get('device', '?')}, {training.get('threads', '?')} threads",
