@@ -56,10 +56,6 @@ PRINTED_LINE_SPAN, PRINTED_LINE_WIDTH = (
     0.6,
     4,
 )  # a printed line runs across this share of the image, thinner than this (px, or 3% of its side)
-MNIST_STROKE, THIN_STROKE = (
-    2.7,
-    0.6,
-)  # MNIST's stroke in the 20 px box (median 2.8); thinner than 60% of it is thickened to 60%
 NOISY, DENOISE_SIGMA = 0.025, 1.0  # paper noise above 2.5% of the range (6 grey levels) is smoothed, sigma in px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
@@ -307,30 +303,6 @@ def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.n
 # ----------------------------------------------------------------------------- geometry
 
 
-def stroke_width(ink: np.ndarray) -> float:
-    """Typical width of the strokes in px: twice the ink's area over its outline's length (a stroke of
-    width w and length L has area wL and an outline of about 2L)."""
-    solid = ink > 0.5
-    outline = solid & ~ndimage.binary_erosion(solid)
-    return 2 * float(solid.sum()) / max(float(outline.sum()), 1.0)
-
-
-def _thicken_thin_strokes(crop: np.ndarray, record: PreprocessRecord) -> np.ndarray:
-    """A digit written with a fine pen, thickened towards MNIST's stroke (about 2.7 px of the 20 px box)
-    before it is scaled: at 20 px a hairline would be a faint grey thread the model has rarely seen."""
-    target = MNIST_STROKE * max(crop.shape) / BOX
-    width = stroke_width(crop)
-    if max(crop.shape) < 2 * BOX or width >= THIN_STROKE * target:
-        return crop
-    radius = (THIN_STROKE * target - width) / 2
-    r = int(np.ceil(radius))
-    disc = np.hypot(*np.mgrid[-r : r + 1, -r : r + 1]) <= radius + 0.5
-    record.notes.append(
-        f"thin strokes thickened ({width:.1f} px, {THIN_STROKE:.0%} of MNIST's {target:.1f} at this size)"
-    )
-    return ndimage.grey_dilation(np.pad(crop, r), footprint=disc)
-
-
 def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """MNIST geometry: crop to the ink, longer side to 20 px (aspect kept, anti-aliased), centre of mass to the centre.
 
@@ -342,7 +314,7 @@ def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tu
     if rows.size == 0:
         raise NoDigitError(f"{record.source}: no digit found")
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    crop = _thicken_thin_strokes(ink[y0:y1, x0:x1], record)
+    crop = ink[y0:y1, x0:x1]
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
