@@ -48,14 +48,10 @@ CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measur
 MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full range (20 grey levels)
 MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
 SHADOW_SHRINK = 0.5  # a shadow: both polarities' closings leave under half the smooth fit's ink share
-LOCAL_SIDE, LOCAL_ELEMENT = (
-    128,
-    0.25,
-)  # shadows: a closing on a copy this size, the element this share of its longer side
-PRINTED_LINE_SPAN, PRINTED_LINE_WIDTH = (
-    0.6,
-    4,
-)  # a printed line runs across this share of the image, thinner than this (px, or 3% of its side)
+LOCAL_SIDE = 128  # shadows: the closing runs on a copy this size ...
+LOCAL_ELEMENT = 0.25  # ... with an element this share of its longer side
+PRINTED_LINE_SPAN = 0.6  # a printed line runs across this share of the image ...
+PRINTED_LINE_WIDTH = 4  # ... and is thinner than this (px, or 3% of its shorter side)
 NOISY, DENOISE_SIGMA = 0.025, 1.0  # paper noise above 2.5% of the range (6 grey levels) is smoothed, sigma in px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
@@ -182,7 +178,7 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
 
 def _strong_ink(resid: np.ndarray, dark: bool) -> float:
     """How much ink of one polarity stands out from a smooth paper: the summed deviations beyond 4 noise levels."""
-    spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-4
+    spread = _spread(resid, None)
     return float(np.clip((-resid if dark else resid) - (4 * spread + 0.02), 0, None).sum())
 
 
