@@ -437,7 +437,8 @@ def test_openapi_docs_and_the_page(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<canvas id="pad"' in page.text
-    for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+    files = (("app.js", "text/javascript"), ("pad.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml"))  # fmt: skip
+    for name, ctype in files:
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(ctype)
         assert _external_urls(r.text) == []  # works offline: no CDN

@@ -9,7 +9,8 @@ from fastapi.responses import Response
 
 from .errors import ApiError
 
-WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+JS = "text/javascript; charset=utf-8"
+WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": JS, "pad.js": JS,
              "style.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}  # fmt: skip
 
 
