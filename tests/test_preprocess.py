@@ -320,7 +320,7 @@ def test_a_box_drawn_round_the_digit_is_removed(mnist):
         corrs.append(np.corrcoef(result.array.ravel().astype(float), plain)[0, 1])
     # Before: the box was the "digit", squeezed into the frame (corr < 0.3 for all). A digit whose own
     # straight stroke is taken for a candidate line can still keep a side of the box (1 in 20 here).
-    assert np.mean(np.array(corrs) > 0.9) >= 0.9, corrs
+    assert np.mean(np.array(corrs) > 0.9) >= 0.9, " ".join(f"{c:.2f}" for c in corrs)
 
 
 @pytest.mark.parametrize("square", [True, False])
@@ -412,3 +412,50 @@ def test_a_box_close_round_a_narrow_digit_is_removed(mnist):
         result = preprocess_image(boxed)
         assert result.record.lines_removed == 4
         assert _corr(result.array, preprocess_image(page).array) > 0.9
+
+
+def test_a_shadow_wedge_at_the_border_is_paper_not_ink(mnist):
+    """A straight shadow whose edge meets the top at a sharp angle: its tip is narrower than any closing's
+    element, yet it is paper (the edge is modelled), and the frame holds the digit alone."""
+    corrs = []
+    for digit in mnist.train_images[:20].numpy():
+        page = _on_paper(digit).astype(np.float32)
+        h, w = page.shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        edge = (xx - 0.7 * yy < 0.08 * w).astype(np.float32)  # the shadow: left of a steep line, a wedge at the top
+        shade = 1 - 0.4 * ndimage.gaussian_filter(edge, 2)
+        result = preprocess_image(np.round(page * shade).astype(np.uint8))
+        corrs.append(_corr(result.array, preprocess_image(page.astype(np.uint8)).array))
+    # Before: the wedge's tip was ink in 3-4 of 20 (a bright sliver or the wedge itself as the frame).
+    assert np.mean(np.array(corrs) > 0.85) >= 0.9, " ".join(f"{c:.2f}" for c in corrs)
+
+
+def test_a_box_touching_the_digit_is_removed(mnist):
+    """A form field drawn tight round the ink, so the digit's strokes touch its sides: the sides go, the digit stays."""
+    corrs = []
+    for digit in mnist.train_images[:20].numpy():
+        page = _on_paper(digit, margin=0)
+        rows, cols = np.nonzero((page < 200).any(1))[0], np.nonzero((page < 200).any(0))[0]
+        boxed = np.pad(page, 20, constant_values=235)
+        top, bottom, left, right = rows[0] + 18, rows[-1] + 23, cols[0] + 18, cols[-1] + 23
+        boxed[top : top + 3, left:right] = boxed[bottom - 3 : bottom, left:right] = 40
+        boxed[top:bottom, left : left + 3] = boxed[top:bottom, right - 3 : right] = 40
+        result = preprocess_image(boxed)
+        corrs.append(_corr(result.array, preprocess_image(page).array))
+    # Before: a side a stroke touched joined the stroke's component and was kept (7 of 20 below 0.85). A 1 the
+    # box holds tight is itself a straight line between two sides: some still lose a part.
+    assert np.mean(np.array(corrs) > 0.85) >= 0.8, " ".join(f"{c:.2f}" for c in corrs)
+
+
+def test_a_faint_thin_box_is_removed_whole(mnist):
+    """A light 1 px form field on a wide page: its long sides are not taken for printed ruling, so all four go."""
+    corrs = []
+    for digit in mnist.train_images[:20].numpy():
+        page = np.pad(_on_paper(digit, margin=0), ((30, 30), (12, 12)), constant_values=235)
+        h, w = page.shape
+        boxed = page.copy()
+        boxed[20, 6 : w - 6] = boxed[h - 21, 6 : w - 6] = 150
+        boxed[20 : h - 20, 6] = boxed[20 : h - 20, w - 7] = 150
+        result = preprocess_image(boxed)
+        corrs.append(_corr(result.array, preprocess_image(page).array))
+    assert np.mean(np.array(corrs) > 0.9) >= 0.9, " ".join(f"{c:.2f}" for c in corrs)

@@ -41,6 +41,7 @@ from .errors import FormatNotAcceptedError as FormatNotAcceptedError
 from .errors import ImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
+from .shadow import straight_shadow
 from .strokes import otsu, polarity_evidence, reduce_mask, remove_lines
 
 BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
@@ -50,7 +51,8 @@ MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no pap
 SHADOW_SHRINK = 0.5  # a shadow: both polarities' closings leave under half the smooth fit's ink share
 LOCAL_SIDE = 128  # shadows: the closing runs on a copy this size ...
 LOCAL_ELEMENT = 0.25  # ... with an element this share of its longer side
-PRINTED_LINE_SPAN = 0.6  # a printed line runs across this share of the image ...
+PRINTED_LINE_SPAN = 0.35  # a printed line (ruling, a grid, a form's box) runs across this share of the image ...
+FILLED_LINE_SPAN = 0.6  # ... or of a frame the ink fills (a tight crop), where the digit's own strokes run far
 PRINTED_LINE_WIDTH = 4  # ... and is thinner than this (px, or 3% of its shorter side)
 NOISY, DENOISE_SIGMA = 0.025, 1.0  # paper noise above 2.5% of the range (6 grey levels) is smoothed, sigma in px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
@@ -160,7 +162,7 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
             local = _local_paper(grey, record.inverted)
             # Where the light changes sharply (a shadow's edge crosses the page), nothing smooth fits it.
             if float(np.percentile(np.abs(local - bg), 90)) > MIN_CONTRAST:
-                fit = local
+                fit = _sharp_light(grey, local, record.inverted)
     else:
         # A shadow: under either polarity's closing, far less stands out than from the smooth fit. A tight
         # crop: its ink stays (under the right polarity) as much as it was.
@@ -168,8 +170,8 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
         if not fits or max(_minority(grey - fit) for fit in fits.values()) >= SHADOW_SHRINK * minority:
             paper = _two_classes(grey, record)
             return _background(grey, paper), paper
-        record.inverted = float(np.median(grey)) > 0.5  # the paper is most of what is left: light or dark
-        fit = fits[record.inverted]
+        record.inverted = _shadowed_polarity(grey, fits)
+        fit = _sharp_light(grey, fits[record.inverted], record.inverted)
     record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
     if float(np.abs(fit - bg).max()) > MIN_CONTRAST:
         record.background = "shadowed (removed)"
@@ -198,6 +200,29 @@ def _local_paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
     return (ndimage.minimum_filter if dark_ink else ndimage.maximum_filter)(local, size=reach)
 
 
+def _shadowed_polarity(grey: np.ndarray, fits: dict[bool, np.ndarray]) -> bool:
+    """Dark ink? On a page a shadow covers: the ink that stands out from a straight shadow's edge fitted to
+    the pixels both polarities' closings agree on (far from any stroke), or, when no straight edge
+    explains the light, whether the paper (most of what is left) is light."""
+    edge = straight_shadow(grey, np.abs(fits[True] - fits[False]) < 0.5 * MIN_CONTRAST)
+    if edge is None:
+        return float(np.median(grey)) > 0.5
+    resid = grey - edge
+    return _strong_ink(resid, True) > _strong_ink(resid, False)
+
+
+def _sharp_light(grey: np.ndarray, local: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """The paper where the light changes sharply: the closing ``local``, and where a straight shadow's edge
+    (:mod:`mnist_cnn.shadow`) explains the paper, the darker (lighter) of the two for dark (light) ink. The
+    closing's element cannot reach into the tip of a shadow's wedge; the edge model cannot follow a blur
+    sharper or softer than its own: each corrects the other where it would make paper look like ink."""
+    resid = (grey - local) if dark_ink else (local - grey)
+    edge = straight_shadow(grey, resid > -0.5 * MIN_CONTRAST)
+    if edge is None:
+        return local
+    return (np.minimum if dark_ink else np.maximum)(edge, local)
+
+
 def _spread(resid: np.ndarray, paper: np.ndarray | None) -> float:
     """Noise level of the paper, from the pixels closest to the background (or known to be paper)."""
     noise = resid if paper is None or paper.sum() < 16 else resid[paper]
@@ -208,16 +233,17 @@ def _no_digit(record: PreprocessRecord) -> NoDigitError:
     return NoDigitError(f"{record.source}: no digit found (the image holds no ink that stands out from the background)")
 
 
-def _drop_printed_lines(ink: np.ndarray, spread: float, record: PreprocessRecord) -> np.ndarray:
-    """Ruled or squared paper printed fainter than the ink: its lines (thin straight runs across most of
-    the image) are paper, except where a stroke crosses them, which is darker than the line.
+def _drop_printed_lines(ink: np.ndarray, spread: float, span: float, record: PreprocessRecord) -> np.ndarray:
+    """Ruled or squared paper, or a form's box, printed fainter than the ink: its lines (thin straight runs
+    over ``span`` of the image's side or more) are paper, except where a stroke crosses them, which is
+    darker than the line.
 
     ``ink`` is the raw ink (0-1, bright). Lines as dark as the ink are left to :func:`remove_lines`.
     """
     mask = ink > max(4 * spread, 0.5 * MIN_CONTRAST)
     lines = np.zeros_like(mask)
     for axis, side in ((1, ink.shape[1]), (0, ink.shape[0])):
-        length = max(8, round(PRINTED_LINE_SPAN * side))
+        length = max(8, round(span * side))
         runs = ndimage.binary_opening(mask, structure=np.ones((1, length) if axis == 1 else (length, 1), bool))
         width = max(PRINTED_LINE_WIDTH, round(0.03 * min(ink.shape)))
         thick = ndimage.binary_opening(runs, structure=np.ones((width, width), bool))
@@ -250,7 +276,7 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
         spread = _spread(resid, paper)
         record.notes.append(f"noise smoothed (Gaussian, sigma {DENOISE_SIGMA} px)")
     ink = np.clip(-resid if record.inverted else resid, 0, None)
-    ink = _drop_printed_lines(ink, spread, record)
+    ink = _drop_printed_lines(ink, spread, PRINTED_LINE_SPAN if paper is None else FILLED_LINE_SPAN, record)
 
     top = float(ink.max())
     if top < MIN_CONTRAST or top < 6 * spread:

@@ -61,11 +61,26 @@ def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     runs = ndimage.binary_opening(mask, structure=element)
     labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        along, across = box[axis].stop - box[axis].start, box[1 - axis].stop - box[1 - axis].start
-        thickness = float((labels[box] == i).sum()) / along
-        if thickness > 0.1 * along or across > 3 * thickness + 0.05 * along:  # not thin, or not straight
-            labels[box][labels[box] == i] = 0
+        piece = labels[box] == i
+        along = box[axis].stop - box[axis].start
+        # A stroke that touches the line (a digit written against a form's box) joins its component: the
+        # line is the rows (columns) that run most of the component's length; the stroke's pixels are not.
+        core = _core(piece.sum(axis=axis), along)
+        core_piece = piece & np.expand_dims(core, axis)
+        thickness = float(core_piece.sum()) / along
+        if thickness > 0.1 * along:  # not thin: a bar of the digit
+            labels[box][piece] = 0
+        else:
+            labels[box][piece & ~core_piece] = 0
     return labels, count
+
+
+def _core(counts: np.ndarray, along: int) -> np.ndarray:
+    """The rows (columns) of a line: the block round the fullest one where each runs half the length or more
+    (a stroke that touches the line adds pixels to a few rows, far shorter)."""
+    full = counts >= 0.5 * along
+    blocks, _ = ndimage.label(full)
+    return blocks == blocks[int(np.argmax(counts))]
 
 
 def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
@@ -117,7 +132,7 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
     extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
     removed, n = np.zeros_like(mask), 0
-    corners = {axis: ndimage.binary_dilation(labels > 0, iterations=4) for axis, labels, _ in found}
+    corners = {axis: ndimage.binary_dilation(labels > 0, iterations=2) for axis, labels, _ in found}
     for axis, labels, _ in found:
         r0, r1 = extent[axis]
         depth = extent[1 - axis][1] - extent[1 - axis][0]
