@@ -55,7 +55,9 @@ def _steps(yy: np.ndarray, xx: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return ndtr((t - offset) / soft)
 
 
-def _best_edge(z: np.ndarray, yy: np.ndarray, xx: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _best_edge(
+    z: np.ndarray, yy: np.ndarray, xx: np.ndarray, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The edge whose model fits ``z`` best: (edge, coefficients (a, b, c, step), residual sum of squares)."""
     base = np.stack([np.ones_like(xx), xx, yy], 1)  # (n, 3)
     steps = _steps(yy, xx, edges)  # (n, K)
