@@ -1,7 +1,7 @@
 """Classifying: the objects that turn images into digits, one per runtime.
 
 :class:`Classifier` wraps a PyTorch network, :class:`OnnxClassifier` an exported ``model.onnx`` run
-by ONNX Runtime; both share :class:`BaseClassifier`'s predict methods, and both read their labels,
+by ONNX Runtime, :class:`OnnxInt8Classifier` its int8 version ``model.int8.onnx``; all share :class:`BaseClassifier`'s predict methods, and both read their labels,
 normalisation and temperature from the folder's config. :func:`mnist_cnn.load_model` builds them
 from a model folder.
 """
@@ -16,7 +16,7 @@ from torch import nn
 
 from .averaging import TTA
 from .errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
-from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ModelFolder
+from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILES, ModelFolder
 from .inputs import as_mnist_images
 from .runtime import select_device
 
@@ -195,6 +195,7 @@ class OnnxClassifier(BaseClassifier):
     """The ONNX Runtime counterpart of :class:`Classifier` (same predict methods)."""
 
     runtime = "onnxruntime"
+    precision = "fp32"  # which of the folder's ONNX files (folder.ONNX_FILES)
     default_batch_size = 1000
 
     def __init__(self, folder: str | os.PathLike, config: dict | None = None, threads: int | None = None):
@@ -202,13 +203,14 @@ class OnnxClassifier(BaseClassifier):
         saved = ModelFolder(folder)
         folder = saved.path
         self.config = config if config is not None else saved.read()
-        path = folder / ONNX_FILE
-        data = saved.read_onnx(self.config)  # checked against the SHA-256 the export recorded
-        recorded = (self.config.get("onnx") or {}).get("weights_sha256")
+        name, section, command = ONNX_FILES[self.precision]
+        path = folder / name
+        data = saved.read_onnx(self.config, self.precision)  # checked against the SHA-256 the export recorded
+        recorded = (self.config.get(section) or {}).get("weights_sha256")
         if recorded and _weights_sha256_or_none(saved) not in (None, recorded):
             raise ModelFolderError(
                 f"{path} was exported from other weights than {saved.weights_path}; re-export with: "
-                f"mnist-cnn export {folder} --format onnx"
+                f"{command.format(folder)}"
             )
         options = ort.SessionOptions()
         if threads:
@@ -239,4 +241,12 @@ class OnnxClassifier(BaseClassifier):
         return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
 
 
-RUNTIMES = (Classifier.runtime, OnnxClassifier.runtime)  # what `--runtime` accepts
+class OnnxInt8Classifier(OnnxClassifier):
+    """:class:`OnnxClassifier` on ``model.int8.onnx``: the same network with int8 weights and activations,
+    written by :func:`mnist_cnn.quantize.quantize_onnx`; the same input, output and metadata."""
+
+    runtime = "onnxruntime-int8"
+    precision = "int8"
+
+
+RUNTIMES = (Classifier.runtime, OnnxClassifier.runtime, OnnxInt8Classifier.runtime)  # what `--runtime` accepts

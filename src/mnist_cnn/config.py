@@ -325,7 +325,7 @@ def get_recipe(name: str) -> Recipe:
 class ServeSettings:
     """Settings of the REST service (``mnist_cnn.serve.Settings``); each field is also a flag of ``mnist-cnn serve``."""
 
-    runtime: str = field(default="onnxruntime", metadata={"help": "inference runtime, torch or onnxruntime (faster here, see docs/benchmarks.md)"})  # fmt: skip
+    runtime: str = field(default="onnxruntime", metadata={"help": "inference runtime: torch, onnxruntime (faster here, see docs/benchmarks.md) or onnxruntime-int8 (model.int8.onnx)"})  # fmt: skip
     threads: int = field(default=1, metadata={"help": "CPU threads for one forward pass; the event loop needs a core too"})  # fmt: skip
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body in bytes, else 413"})
     max_image_pixels: int = field(default=16_000_000, metadata={"help": "largest uploaded image (width x height), else 413"})  # fmt: skip

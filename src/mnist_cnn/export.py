@@ -48,6 +48,8 @@ __all__ = [
     "PixelInput",
     "export_onnx",
     "file_sha256",
+    "onnx_metadata",
+    "pixel_graph",
     "verify_onnx",
 ]
 
@@ -114,13 +116,8 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     require_onnx()
     folder = Path(folder)
     clf = load_model(folder)
-    model = PixelInput(clf.model.cpu().eval().to(memory_format=torch.contiguous_format), clf.normalization).eval()
-    example = torch.zeros(2, 1, 28, 28)
-    with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; atomic_write moves it in
-        tmp = Path(scratch) / ONNX_FILE
-        exporter = _export(model, example, tmp, opset, clf.config["architecture"])
-        data = _with_metadata(tmp, onnx_metadata(clf.config, clf.temperature))
-        atomic_write(folder / ONNX_FILE, data)
+    data, exporter = pixel_graph(clf.model, clf.config, clf.temperature, opset)
+    atomic_write(folder / ONNX_FILE, data)
     saved = ModelFolder(folder)
     saved.update(onnx={
         "file": ONNX_FILE,
@@ -134,6 +131,17 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     })  # fmt: skip
     log.info("wrote %s (opset %d, %s exporter)", folder / ONNX_FILE, opset, exporter)
     return folder / ONNX_FILE
+
+
+def pixel_graph(network: nn.Module, config: dict, temperature: float = 1.0, opset: int = OPSET) -> tuple[bytes, str]:
+    """The ONNX file of ``network`` taking 0-1 pixels (:class:`PixelInput`), with :func:`onnx_metadata`; and
+    which exporter wrote it. ``config`` is the model folder's (normalisation, labels, architecture)."""
+    network = network.cpu().eval().to(memory_format=torch.contiguous_format)
+    model = PixelInput(network, config.get("normalization", MNIST_NORMALIZATION)).eval()
+    with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; the caller writes the bytes
+        tmp = Path(scratch) / ONNX_FILE
+        exporter = _export(model, torch.zeros(2, 1, 28, 28), tmp, opset, config["architecture"])
+        return with_metadata(tmp, onnx_metadata(config, temperature)), exporter
 
 
 def onnx_metadata(config: dict, temperature: float = 1.0) -> dict[str, str]:
@@ -151,7 +159,7 @@ def onnx_metadata(config: dict, temperature: float = 1.0) -> dict[str, str]:
     }
 
 
-def _with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
+def with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
     """The ONNX file at ``path`` with ``metadata`` as its metadata_props (replacing any of the same keys)."""
     import onnx
 

@@ -12,6 +12,7 @@ Format versions:
 2. ``model_kwargs`` holds every constructor argument the network was built with (defaults filled in).
    Since issue 17, ``weights_sha256`` records the SHA-256 of ``model.safetensors``, and ``onnx.sha256`` that of
    ``model.onnx`` (written by ``mnist-cnn export``), each checked when the file is read (folders without them still load).
+   ``onnx_int8`` records ``model.int8.onnx`` the same way (``mnist-cnn export --quantize int8``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ FORMAT_VERSION = 2
 WEIGHTS, CONFIG, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 WEIGHTS_SHA256 = "weights_sha256"  # the config.json key holding the SHA-256 of model.safetensors
 ONNX_SHA256 = "sha256"  # the key of config.json's onnx section holding the SHA-256 of model.onnx
+# Each ONNX file a folder may hold, by precision: the file, the config.json section that records it, and
+# the command that writes it.
+ONNX_FILES = {
+    "fp32": (ONNX_FILE, "onnx", "mnist-cnn export {} --format onnx"),
+    "int8": ("model.int8.onnx", "onnx_int8", "mnist-cnn export {} --quantize int8"),
+}
 ENSEMBLE, MEMBERS = "ensemble", "members"  # an ensemble folder's architecture, and where its members' folders go
 LABELS = [str(d) for d in range(10)]
 # Mean and standard deviation of the MNIST training pixels scaled to [0, 1].
@@ -181,22 +188,24 @@ class ModelFolder:
         except (SafetensorError, ValueError) as exc:
             raise ModelFolderError(f"{self.weights_path} is damaged: {exc}") from None
 
-    def read_onnx(self, config: dict | None = None) -> bytes:
-        """The bytes of ``model.onnx``; if ``config`` (the folder's) records their SHA-256 (``onnx.sha256``, written
-        by :func:`mnist_cnn.export.export_onnx`), they must match it. Files exported before the digest was recorded load unchecked.
+    def read_onnx(self, config: dict | None = None, precision: str = "fp32") -> bytes:
+        """The bytes of ``model.onnx`` (``precision="int8"``: ``model.int8.onnx``); if ``config`` (the folder's)
+        records their SHA-256 (``onnx.sha256`` or ``onnx_int8.sha256``, written by ``mnist-cnn export``), they
+        must match it. Files exported before the digest was recorded load unchecked.
         """
-        path = self.path / ONNX_FILE
+        name, section, command = ONNX_FILES[precision]
+        path, again = self.path / name, command.format(self.path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise ModelFolderError(f"{self.path} has no {ONNX_FILE}; create it with: mnist-cnn export {self.path} --format onnx") from None  # fmt: skip
+            raise ModelFolderError(f"{self.path} has no {name}; create it with: {again}") from None
         except OSError as exc:
             raise ModelFolderError(f"{path} cannot be read: {exc.strerror or exc}") from None
-        recorded = ((config or {}).get("onnx") or {}).get(ONNX_SHA256)
+        recorded = ((config or {}).get(section) or {}).get(ONNX_SHA256)
         if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
             raise ModelFolderError(
                 f"{path} is damaged or was replaced: it does not match the SHA-256 recorded in {CONFIG};"
-                f" export it again with: mnist-cnn export {self.path} --format onnx"
+                f" export it again with: {again}"
             )
         return data
 
@@ -226,6 +235,7 @@ LIMITS = {"in_channels": (1, 64), "num_classes": (2, 10_000)}
 # The JSON type of each other field the loaders, the service and ``mnist-cnn runs`` read, when it is present.
 FIELD_TYPES = {
     "model_kwargs": (dict,), "versions": (dict,), "metrics": (dict, type(None)), "onnx": (dict, type(None)),
+    "onnx_int8": (dict, type(None)),
     "training": (dict,), "train_config": (dict,), "validation": (dict,), "calibration": (dict, type(None)),
     "recipe": (str, type(None)), "labels": (list,), "input_shape": (list,),
 }  # fmt: skip
@@ -261,7 +271,8 @@ def _problem(config: dict) -> str | None:
     shape = config.get("input_shape", [1, 28, 28])
     if len(shape) != 3 or not all(_is_int(x) and 0 < x <= 4096 for x in shape):
         return f"input_shape must be [channels, height, width], got {shape!r}"[:300]
-    for name, section in (("", config), ("onnx ", config.get("onnx") or {})):
+    sections = [("", config)] + [(f"{key} ", config.get(key) or {}) for _, key, _ in ONNX_FILES.values()]
+    for name, section in sections:
         for key in (WEIGHTS_SHA256, ONNX_SHA256):
             digest = section.get(key)
             if digest is not None and not (isinstance(digest, str) and len(digest) == 64):

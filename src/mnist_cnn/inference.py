@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from .classifier import (
     BaseClassifier,
     Classifier,
     OnnxClassifier,
+    OnnxInt8Classifier,
     batched_logits,
     select_device,
     to_model_input,
@@ -91,7 +93,8 @@ def load_model(
 
     ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
     ``runtime="onnxruntime"`` predicts with the folder's ``model.onnx`` (see :mod:`mnist_cnn.export`)
-    through ONNX Runtime on the CPU instead, with ``threads`` threads per forward pass (default: ONNX
+    through ONNX Runtime on the CPU instead (``"onnxruntime-int8"``: with ``model.int8.onnx``, see
+    :mod:`mnist_cnn.quantize`), with ``threads`` threads per forward pass (default: ONNX
     Runtime's choice; PyTorch's thread count is the process's, see ``torch.set_num_threads``); the
     returned object has the same predict methods.
     """
@@ -114,10 +117,12 @@ def _torch_classifier(folder: ModelFolder, config: dict, device, tta: bool, thre
     return Classifier(network, config, device)
 
 
-def _onnx_classifier(folder: ModelFolder, config: dict, device, tta: bool, threads: int | None) -> OnnxClassifier:
+def _onnx_classifier(
+    folder: ModelFolder, config: dict, device, tta: bool, threads: int | None, kind: type = OnnxClassifier
+) -> OnnxClassifier:
     if tta:
         raise ValueError("test-time augmentation (--tta) needs the torch runtime")
-    return OnnxClassifier(folder.path, config, threads=threads)
+    return kind(folder.path, config, threads=threads)
 
 
 def _single_network(folder: ModelFolder, config: dict) -> nn.Module:
@@ -165,4 +170,5 @@ NETWORKS: dict[str, Callable[[ModelFolder, dict], nn.Module]] = {ENSEMBLE: load_
 LOADERS: dict[str, Callable[[ModelFolder, dict, str | torch.device, bool, int | None], BaseClassifier]] = {
     Classifier.runtime: _torch_classifier,
     OnnxClassifier.runtime: _onnx_classifier,
+    OnnxInt8Classifier.runtime: partial(_onnx_classifier, kind=OnnxInt8Classifier),
 }

@@ -54,8 +54,11 @@ def _resolve_run(run: Path, args) -> Path:
 
 
 def _add_inference_runtime_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
-                   help="predict with PyTorch or with the exported model.onnx on ONNX Runtime (default: torch)")  # fmt: skip
+    from ..classifier import RUNTIMES
+
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                   help="predict with PyTorch, with the exported model.onnx on ONNX Runtime, or with its int8"
+                        " version model.int8.onnx (export --quantize int8) (default: torch)")  # fmt: skip
 
 
 def _add_tta_flag(p: argparse.ArgumentParser) -> None:

@@ -78,6 +78,11 @@ def add_export(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest |ONNX Runtime - PyTorch| logit difference accepted on the test set (default: 1e-4)")  # fmt: skip
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write model.int8.onnx, int8 weights and activations calibrated on training images, for"
+                        " --runtime onnxruntime-int8 (default: float32 model.onnx only)")  # fmt: skip
+    p.add_argument("--calibration-images", type=int, default=500, metavar="N",
+                   help="training images that calibrate the int8 activation ranges (default: 500)")  # fmt: skip
     _add_data_flags(p)
 
 
@@ -158,10 +163,26 @@ def cmd_export(args) -> int:
 
     args.run = _resolve_run(args.run, args)
     read_config(args.run)  # a clear error before the data is loaded
+    if args.calibration_images < 1:
+        raise ValueError(f"--calibration-images must be at least 1, got {args.calibration_images}")
     path = export_onnx(args.run, opset=args.opset)
     data = _load_data(args)
     diff = verify_onnx(args.run, data.test_images.numpy(), tolerance=args.tolerance)
     print(f"wrote {path}")
     print(f"ONNX Runtime matches PyTorch on the {len(data.test_images):,} test images: "
           f"max |logit difference| {diff:.2e} (tolerance {args.tolerance:g})")  # fmt: skip
+    if args.quantize == "int8":
+        _export_int8(args.run, data, args)
     return 0
+
+
+def _export_int8(run: Path, data, args) -> None:
+    from ..inference import read_config
+    from ..quantize import calibration_images, quantize_onnx, verify_int8
+
+    images = calibration_images(read_config(run), data, args.calibration_images)
+    path = quantize_onnx(run, images, opset=args.opset)
+    verified = verify_int8(run, data.test_images.numpy(), data.test_labels.numpy())
+    print(f"wrote {path} (int8, calibrated on {len(images):,} training images)")
+    print(f"int8 picks the same digit as float32 for {verified['agreement']:.2%} of the {verified['images']:,} test images; "
+          f"test accuracy {verified['int8_accuracy']:.2%} (float32 {verified['fp32_accuracy']:.2%})")  # fmt: skip

@@ -12,6 +12,7 @@ from .common import _add_runs_dir_flag, _resolve_run
 
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ServeSettings field, like the training flags."""
+    from ..classifier import RUNTIMES
     from ..config import ServeSettings as Settings
 
     g = p.add_argument_group("service (limits and batching)")
@@ -21,7 +22,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                            help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")  # fmt: skip
             continue
-        extra = {"choices": ["torch", "onnxruntime"]} if f.name == "runtime" else {}
+        extra = {"choices": RUNTIMES} if f.name == "runtime" else {}
         g.add_argument(flag, dest=f.name, type=type(f.default), default=None, metavar=f.name.upper(),
                        help=f"{f.metadata['help']} (default: {f.default})", **extra)  # fmt: skip
 

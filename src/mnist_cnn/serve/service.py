@@ -218,7 +218,7 @@ def _count_parameters(classifier, model_dir: Path) -> int:
 
 
 def _runtime_version(runtime: str) -> str:
-    if runtime == "onnxruntime":
+    if runtime.startswith("onnxruntime"):  # onnxruntime, onnxruntime-int8
         import onnxruntime
 
         return f"onnxruntime {onnxruntime.__version__}"
