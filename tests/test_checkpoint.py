@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -18,7 +19,7 @@ from mnist_cnn.checkpoint import CheckpointError, Checkpoints
 from mnist_cnn.cli import main
 from mnist_cnn.config import TrainConfig
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.train import RunFinishedError, resume_run, state_digest, train_run
+from mnist_cnn.train import RunFinishedError, read_steps, resume_run, state_digest, train_run
 
 EXE = os.path.join(os.path.dirname(sys.executable), "mnist-cnn")
 # Everything with state: the deep model's batch norm and dropout, augmentation draws, an EMA of the
@@ -164,6 +165,14 @@ def test_a_python_user_resumes_a_stopped_run_to_the_uninterrupted_weights(tmp_pa
     assert [r["val_loss"] for r in resumed.fit.history] == [r["val_loss"] for r in whole.fit.history]
     assert state_digest(resumed.model) == state_digest(whole.model)
     assert resumed.config["training"]["deterministic"] is True  # from run.json
+    # The curve within epochs (steps.json, drawn for short runs): one point a step here (6 a epoch), the same
+    # whether or not the run was stopped, and each epoch's points average to its history row.
+    points = read_steps(tmp_path / "whole")
+    assert [p["step"] for p in points] == list(range(1, 13)) and points[5]["epoch"] == 1.0
+    assert read_steps(run) == points and read_steps(run, until=6) == points[:6]
+    for row, epoch in zip(whole.fit.history, (points[:6], points[6:]), strict=True):
+        assert np.mean([p["train_loss"] for p in epoch]) == pytest.approx(row["train_loss"], rel=1e-5)
+        assert np.mean([p["train_accuracy"] for p in epoch]) == pytest.approx(row["train_accuracy"], rel=1e-5)
     with pytest.raises(RunFinishedError, match="finished training already; there is nothing to resume"):
         resume_run(run, mnist, device="cpu")
     with pytest.raises(MnistCnnError, match="no readable run.json"):

@@ -78,13 +78,12 @@ def test_predict_reads_image_files_and_reports_bad_ones(tmp_path, trained_run, m
     not_image.write_text("<html>not an image</html>")
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    missing = tmp_path / "missing.png"
 
-    r = cli("predict", result.run_dir, *good, not_image, empty, missing, "--json")
+    r = cli("predict", result.run_dir, *good, not_image, empty, "--json")
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(lines) == len(good) + 3
+    assert len(lines) == len(good) + 2
     by_file = {line["file"]: line for line in lines}
     for i in right:
         expected = int(mnist.test_labels[i])
@@ -93,8 +92,8 @@ def test_predict_reads_image_files_and_reports_bad_ones(tmp_path, trained_run, m
             assert line["label"] == expected, (suffix, line)
             assert len(line["probabilities"]) == 10 and abs(sum(line["probabilities"]) - 1) < 1e-4
     assert "not an image" in by_file[str(not_image)]["error"]
-    assert "no such file" in by_file[str(missing)]["error"]
-    assert "3 of" in r.stderr and "could not be read" in r.stderr
+    assert "empty (0 bytes)" in by_file[str(empty)]["error"]
+    assert "2 of" in r.stderr and "could not be read" in r.stderr
 
     r = cli("predict", result.run_dir, good[0])
     assert r.returncode == 0 and r.stdout.startswith(f"{good[0]}: {int(mnist.test_labels[right[0]])} (p=")

@@ -1,5 +1,6 @@
 """The package's shape, checked: no function over 80 lines, no module over 500, no import cycles, and
-every module and package named in the Layout block of docs/architecture.md.
+every module, folder and file of the package, and every example, notebook and benchmark, named in the
+Layout block of docs/architecture.md (read from the tree, so a new file fails until it is named).
 
 Each check lists every offender, so one run says everything there is to fix. The checks read the
 source with :mod:`ast` (nothing is imported), and are tested on small synthetic packages too.
@@ -16,6 +17,9 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn"
 LAYOUT_DOC = PACKAGE.parents[1] / "docs" / "architecture.md"  # its "## Layout" block names every module
+LISTED_FOLDERS = ("examples", "notebooks", "benchmarks")  # beside the package: the Layout names each of their files
+# A file named in an entry (pad.js, robustness.py), not a path into another folder (tests/test_examples.py).
+FILE_NAME = re.compile(r"(?<![\w/.-])[\w-]+\.(?:py|ipynb|js|css|html|svg|json|md|safetensors)\b")
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 500
 
@@ -118,44 +122,65 @@ def _report(offenders: list[str], what: str) -> str:
     return f"{len(offenders)} {what}:\n  " + "\n  ".join(offenders)
 
 
-def layout_entries(page: str) -> dict[str, str]:
-    """The ``src/mnist_cnn/`` entries of a page's Layout block: name (``data.py``, ``serve/``) -> its text,
-    continuation lines included."""
+def layout_entries(page: str, top: bool = False) -> dict[str, str]:
+    """The entries of a page's Layout block: name (``data.py``, ``serve/``) -> its text, continuation lines
+    included; those under ``src/mnist_cnn/`` (indented two spaces), or with ``top`` those beside it (``examples/``)."""
     block = page.split("## Layout", 1)[1].split("```", 2)[1]
     entries: dict[str, str] = {}
     name = None
     for line in block.splitlines():
-        if line.startswith("  ") and not line.startswith("   "):  # an entry under src/mnist_cnn/
+        indent = len(line) - len(line.lstrip())
+        if line.strip() and indent == (0 if top else 2):
             name, _, text = line.strip().partition(" ")
             entries[name] = text.strip()
-        elif line.startswith("   ") and name:  # an entry's continuation line
+        elif indent > 2 and name:  # an entry's continuation line
             entries[name] += " " + line.strip()
-        else:  # src/mnist_cnn/ itself, benchmarks/, tests/
+        else:  # an entry of the other level
             name = None
     return entries
 
 
-def unlisted_modules(package: Path, page: str) -> list[str]:
-    """Each module or package of ``package`` (not ``_private`` ones) the Layout block does not name, each
-    submodule a package's entry does not name, and each entry that names nothing in the package."""
-    entries = layout_entries(page)
+def _unnamed_files(folder: Path, text: str) -> list[Path]:
+    """The files of ``folder`` (not ``_private`` ones) whose name, less its suffix, is not a word of ``text``."""
+    words = set(re.findall(r"\w+", text))
+    return [path for path in sorted(folder.iterdir())
+            if path.is_file() and not path.name.startswith("_") and path.suffix != ".pyc" and path.stem not in words]  # fmt: skip
+
+
+def unlisted_modules(package: Path, page: str, folders: tuple[str, ...] = LISTED_FOLDERS) -> list[str]:
+    """What the Layout block does not say, read from the tree: each module or folder of ``package`` (not
+    ``_private`` ones) it does not name, each file of a folder (a package's modules, the web page's files) its
+    entry does not name, each file of the repository's ``folders`` (examples, benchmarks) not named in theirs,
+    and each entry, or file an entry of ``folders`` names, that is not there."""
+    entries, top = layout_entries(page), layout_entries(page, top=True)
     out = []
     for path in sorted(package.iterdir()):
         if path.name.startswith("_"):
             continue
         if path.suffix == ".py" and path.name not in entries:
             out.append(f"{path.name} is not in the Layout block")
-        elif (path / "__init__.py").is_file():
+        elif path.is_dir():
             text = entries.get(path.name + "/")
             if text is None:
                 out.append(f"{path.name}/ is not in the Layout block")
                 continue
-            words = set(re.findall(r"\w+", text))
-            out += [f"{path.name}/{sub.name} is not named in its package's entry"
-                    for sub in sorted(path.glob("*.py")) if not sub.name.startswith("_") and sub.stem not in words]  # fmt: skip
+            out += [f"{path.name}/{sub.name} is not named in its folder's entry" for sub in _unnamed_files(path, text)]
+            out += [f"{path.name}/{name} is in the Layout block but not in the package"
+                    for name in FILE_NAME.findall(text) if not (path / name).exists()]  # fmt: skip
     out += [
         f"{name} is in the Layout block but not in the package" for name in entries if not (package / name).exists()
     ]
+    root = package.parents[1]
+    for folder in folders:
+        text = top.get(folder + "/")
+        if text is None:
+            out.append(f"{folder}/ is not in the Layout block")
+            continue
+        out += [
+            f"{folder}/{path.name} is not named in its folder's entry" for path in _unnamed_files(root / folder, text)
+        ]
+        out += [f"{folder}/{name} is in the Layout block but not in the repository"
+                for name in FILE_NAME.findall(text) if not (root / folder / name).exists()]  # fmt: skip
     return out
 
 
@@ -260,8 +285,9 @@ def test_a_module_importing_its_package_closes_a_cycle(tmp_path):
 
 
 def test_the_layout_check_finds_missing_submodules_and_stale_entries(tmp_path):
+    repo = tmp_path / "repo"  # as the real tree: repo/src/pkg, repo/examples
     root = _package(
-        tmp_path,
+        repo / "src",
         {
             "__init__.py": "",
             "_version.py": "",
@@ -270,8 +296,13 @@ def test_the_layout_check_finds_missing_submodules_and_stale_entries(tmp_path):
             "sub/__init__.py": "",
             "sub/x.py": "",
             "sub/y.py": "",
+            "web/index.html": "",
+            "web/pad.js": "",
         },
     )
+    (repo / "examples").mkdir()
+    for name in ("one.py", "two.py"):
+        (repo / "examples" / name).write_text("")
     readme = textwrap.dedent("""\
         ## Layout
 
@@ -280,19 +311,33 @@ def test_the_layout_check_finds_missing_submodules_and_stale_entries(tmp_path):
           a.py   the first
           sub/   two jobs: x (the one),
                  and z
+          web/   the page: index.html, old.css
           gone.py  moved away
+        examples/  one.py, and
+                   three.py
         tests/   not the package
         ```
         """)
     assert layout_entries(readme) == {
         "a.py": "the first",
         "sub/": "two jobs: x (the one), and z",
+        "web/": "the page: index.html, old.css",
         "gone.py": "moved away",
     }
-    assert unlisted_modules(root, readme) == [
+    assert layout_entries(readme, top=True) == {
+        "pkg/": "",
+        "examples/": "one.py, and three.py",
+        "tests/": "not the package",
+    }
+    assert unlisted_modules(root, readme, folders=("examples", "notebooks")) == [
         "b.py is not in the Layout block",
-        "sub/y.py is not named in its package's entry",
+        "sub/y.py is not named in its folder's entry",
+        "web/pad.js is not named in its folder's entry",
+        "web/old.css is in the Layout block but not in the package",
         "gone.py is in the Layout block but not in the package",
+        "examples/two.py is not named in its folder's entry",
+        "examples/three.py is in the Layout block but not in the repository",
+        "notebooks/ is not in the Layout block",
     ]
 
 

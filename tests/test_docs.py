@@ -1,10 +1,12 @@
 """The docs hold together: the README stays a short door (at most 10 KiB), every relative link in the
 README and the guides in docs/ reaches a file that exists (and, for a link to a heading, a heading
-that exists), and no page names a folder of the machine it was written on."""
+that exists), no page names a folder of the machine it was written on, and docs/benchmarks.md names
+no run folder that its own commands do not make (a reader has none of ours)."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from pathlib import Path
 from urllib.parse import unquote
@@ -15,6 +17,8 @@ LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|tmp|home|Users|root)/")
+# runs/NAME[/...]: a dot only inside a name (model.onnx), commas only in a {0,1,2} expansion.
+RUN_FOLDER = re.compile(r"(?<![\w/.-])runs(?:/(?:[\w-]|\.(?=[\w-])|\{[\w,]*\})+)+")
 
 
 def pages() -> list[Path]:
@@ -58,6 +62,59 @@ def broken_links(page: Path) -> list[str]:
         elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
             out.append(f"{name} (no such heading in {dest.relative_to(ROOT)})")
     return out
+
+
+def made_run_folders(text: str) -> set[str]:
+    """The folders the commands of ``text`` (code blocks and inline code) make: ``--out X``, ``runs/`` + ``--name``,
+    the copy of ``cp -r A B``."""
+    lines = []
+    for match in re.finditer(r"^```(?:sh|console)?\n(.*?)^```", text, re.M | re.S):
+        lines += match.group(1).splitlines()
+    lines += [span.strip("`") for span in INLINE_CODE.findall(FENCE.sub("", text))]
+    made = set()
+    for line in lines:
+        try:
+            argv = shlex.split(line.removeprefix("$ "), comments=True)
+        except ValueError:  # not a command
+            continue
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "--out":
+                made.add(argv[i + 1])
+            elif arg == "--name":
+                made.add(f"runs/{argv[i + 1]}")
+            elif arg == "cp":
+                command = argv[i : argv.index("&&", i) if "&&" in argv[i:] else len(argv)]
+                made.add(command[-1])
+    return made
+
+
+def unmade_run_folders(text: str) -> list[str]:
+    """Each ``runs/...`` folder ``text`` names that is neither made by one of its commands nor inside one that is."""
+    made = made_run_folders(text)
+    named = dict.fromkeys(RUN_FOLDER.findall(text))
+    return [name for name in named if not any(name == m or name.startswith(m + "/") for m in made)]
+
+
+def test_the_benchmarks_page_names_only_run_folders_its_commands_make():
+    unmade = unmade_run_folders((ROOT / "docs" / "benchmarks.md").read_text())
+    assert not unmade, (
+        "docs/benchmarks.md names run folders no command on it makes (history goes to docs/notes/):\n  "
+        + "\n  ".join(unmade)
+    )
+
+
+def test_the_run_folder_check_reads_out_name_and_cp():
+    page = """Made by `python b.py --out runs/bench`, then:
+
+```sh
+mnist-cnn train --recipe reader --init runs/bench/best-seed0 --name reader  # runs/reader
+cp -r runs/bench/basic-seed0 runs/basic && mnist-cnn calibrate runs/basic
+```
+
+`runs/speed/best-seed{0,1}` (an old session's) and runs/reader/model.onnx, runs/basic, runs/readers.
+"""
+    assert made_run_folders(page) == {"runs/bench", "runs/reader", "runs/basic"}
+    assert unmade_run_folders(page) == ["runs/speed/best-seed{0,1}", "runs/readers"]
 
 
 def test_the_readme_is_at_most_10_kib():

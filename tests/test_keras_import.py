@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 from mnist_cnn import cli, create_model, load_model
 from mnist_cnn.errors import KerasImportError, ModelFolderError
 from mnist_cnn.keras_import import KERAS_ARCHITECTURES, import_keras
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The seed tutorials' models as their Keras code builds them: (class, config) per layer.
 CONV = {"kernel_size": [3, 3], "strides": [1, 1], "padding": "valid", "data_format": "channels_last", "use_bias": True}
@@ -234,3 +237,26 @@ def test_a_file_that_cannot_be_imported_gives_one_clear_line(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KERAS_ARCHITECTURES)
+def test_files_tensorflow_saves_give_tensorflows_outputs(tmp_path, mnist, name):
+    """With TensorFlow installed (the keras-reference extra; skipped otherwise): the Keras model of each seed
+    architecture, built and saved by Keras itself in both formats, imports to a folder whose probabilities on
+    MNIST test digits are Keras' own within 1e-5. benchmarks/keras_import.py does the same on trained models."""
+    import importlib.util
+
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    spec = importlib.util.spec_from_file_location("keras_import_bench", ROOT / "benchmarks" / "keras_import.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    keras.utils.set_random_seed(0)
+    model = bench.build(keras, name)
+    digits = mnist.test_images[:500].numpy()
+    expected = model.predict(digits[..., None].astype("float32") / 255, verbose=0)
+    for suffix in (".keras", ".h5"):
+        model.save(tmp_path / f"m{suffix}")
+        got = load_model(import_keras(tmp_path / f"m{suffix}", tmp_path / suffix[1:])).predict_proba(digits)
+        np.testing.assert_allclose(got, expected, atol=bench.TOLERANCE, rtol=0)

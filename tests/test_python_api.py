@@ -88,3 +88,22 @@ def test_help_shows_how_to_start():
     doc = mnist_cnn.__doc__
     for needed in ("load_model()", "default model", 'predict("', "train_run", "mnist-cnn train", "predict_proba"):
         assert needed in doc, needed
+
+
+def test_load_model_takes_a_run_as_a_person_names_it(tmp_path, monkeypatch):
+    """What each run's model card tells its reader: load_model("NAME") with the runs in ./runs, or "latest"."""
+    from mnist_cnn.folder import ModelFolder, save_model
+
+    runs = tmp_path / "runs"
+    for name, created in [("fast-20261201-041509", "2026-12-01T04:15:09+0000"),
+                          ("fast-20261201-050000", "2026-12-01T05:00:00+0000")]:  # fmt: skip
+        save_model(runs / name, mnist_cnn.create_model("fast"), {"architecture": "fast"})
+        ModelFolder(runs / name).update(created=created)
+    monkeypatch.chdir(tmp_path)
+    image = np.zeros((28, 28), np.uint8)
+    expected = mnist_cnn.load_model(runs / "fast-20261201-050000").predict_proba(image)
+    for name in ("latest", "fast-20261201-050000", "runs/fast-20261201-050000/model.safetensors"):
+        np.testing.assert_array_equal(mnist_cnn.load_model(name).predict_proba(image), expected)
+    np.testing.assert_array_equal(mnist_cnn.load_model("latest", runs_dir=runs).predict_proba(image), expected)
+    with pytest.raises(mnist_cnn.ModelFolderError, match="did you mean: runs/fast-20261201-050000"):
+        mnist_cnn.load_model("fastt")

@@ -128,6 +128,13 @@ def check_pip(argv: list[str], capsys) -> None:
             assert set(match.group(1).split(",")) <= extras, f"{arg}: the package's extras are {sorted(extras)}"
 
 
+def test_the_install_paragraph_names_every_extra_a_user_installs():
+    """Every extra of pyproject.toml but the test tools and the benchmark's TensorFlow is in the README's list."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    [listed] = re.findall(r"\(extras: ((?:`[\w-]+`(?:, )?)+)\)", section(TEXT, "Quickstart"))
+    assert set(re.findall(r"`([\w-]+)`", listed)) == extras - {"test", "keras-reference"}
+
+
 PROGRAMS = {"mnist-cnn": check_cli, "make": check_make, "curl": check_curl, "pip": check_pip,
             ".": lambda argv, capsys: None}  # fmt: skip
 

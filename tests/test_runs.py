@@ -85,6 +85,8 @@ def test_resolve_run_takes_folders_names_latest_and_files(tmp_path):
         resolve_run(runs / "basic", runs)
     with pytest.raises(ModelFolderError, match=f"did you mean: {basic}"):
         resolve_run("basic", runs)
+    with pytest.raises(ModelFolderError, match=f"did you mean: {fast}$"):  # a typo of the recipe part of a name
+        resolve_run("fastt", runs)
     with pytest.raises(ModelFolderError, match=f"holds runs but is not one; name one of: {basic}, {fast}$"):
         resolve_run(runs, runs)
     with pytest.raises(ModelFolderError, match="no finished runs in"):
@@ -113,10 +115,30 @@ def test_cli_commands_resolve_run_names(tmp_path, monkeypatch, capsys):
         assert err.startswith("error: ") and message in err and "\n" not in err, (argv, err)
 
 
-def test_a_missing_image_is_said_once(tmp_path, monkeypatch, capsys):
+def test_a_missing_image_is_one_line_and_exit_2_before_any_model_loads(tmp_path, monkeypatch, capsys):
     _tiny_runs(tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert main(["predict", "latest", "missing.png", "d.png"]) == 1
+    (tmp_path / "empty").mkdir()
+    for argv, message in [
+        (["predict", "missing.png"], "missing.png: no such file"),  # the default model: not named, not loaded
+        (["predict", "latest", "missing.png", "d.png"], "missing.png: no such file"),  # nothing is read
+        (["read", "latest", "missing.png", "gone.jpg"], "missing.png, gone.jpg: no such files"),
+        (["preprocess", "missing.png"], "missing.png: no such file"),
+        (["predict", "empty"], "empty: no image files in this folder"),
+    ]:  # fmt: skip
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith(f"error: {message}"), (argv, captured)
+        assert captured.err.count("\n") == 1, (argv, captured.err)
+
+
+def test_one_unreadable_image_is_one_line(tmp_path, monkeypatch, capsys):
+    _tiny_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.png").write_text("not an image")
+    assert main(["predict", "latest", "junk.png"]) == 1
     captured = capsys.readouterr()
-    assert (captured.out + captured.err).count("missing.png") == 1, captured
-    assert captured.out.startswith("d.png: ")
+    assert captured.out == "" and captured.err.count("\n") == 1 and "junk.png: not an image" in captured.err
+    assert main(["predict", "latest", "junk.png", "d.png"]) == 1  # a batch goes on, and says how many failed
+    captured = capsys.readouterr()
+    assert captured.out.startswith("d.png: ") and "1 of 2 file(s) could not be read" in captured.err

@@ -68,6 +68,9 @@ def test_the_curves_say_which_loss_is_which_and_label_a_lone_epoch(tmp_path):
     one = [{"epoch": 1, "train_loss": 0.61, "val_loss": 0.07, "train_accuracy": 0.9, "val_accuracy": 0.981}]
     path = curves(one, tmp_path / "curves.png", best_epoch=1, train_config=smoothed)
     assert path.stat().st_size > 1000
+    steps = [{"step": s, "epoch": s / 50, "train_loss": 2 / s, "train_accuracy": 1 - 1 / s} for s in range(1, 51)]
+    by_step = curves(one, tmp_path / "by-step.png", best_epoch=1, train_config=smoothed, steps=steps)
+    assert by_step.stat().st_size > path.stat().st_size  # a line of 50 points, not one point
 
 
 def test_metrics_agree_with_a_hand_computed_confusion_matrix(trained_run, mnist):

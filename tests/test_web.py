@@ -341,3 +341,34 @@ def test_an_8_is_an_8(default_page, mnist, tmp_path):
     wait_for_label(default_page)
     assert default_page.locator("#status").inner_text() == "eight.png: it is an 8"
     assert photo(default_page)["shown"]
+
+
+@pytest.mark.slow
+def test_the_api_docs_render_in_chromium_with_no_network(browser, default_server):
+    """The page's API link, /docs, drawn by Swagger UI with every request that would leave this server refused."""
+    from urllib.parse import urljoin, urlsplit
+
+    host = urlsplit(default_server).netloc
+    outside = []
+
+    def only_this_server(route):
+        if urlsplit(route.request.url).netloc == host:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context()
+    context.route("**/*", only_this_server)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(default_server)
+    link = page.get_by_role("link", name=re.compile("API"))
+    assert link.get_attribute("href") == "/docs"
+    page.goto(urljoin(default_server, link.get_attribute("href")))
+    page.wait_for_selector(".opblock-summary-path", timeout=20000)
+    paths = [e.get_attribute("data-path") for e in page.locator(".opblock-summary-path").element_handles()]
+    context.close()
+    assert {"/v1/predict", "/v1/read"} <= set(paths), paths
+    assert outside == [] and errors == [], (outside, errors)

@@ -14,7 +14,8 @@ array([7])
 ``predict`` and ``predict_proba`` take paths, ``PIL.Image`` objects, arrays of any size or lists of
 them (preprocessed as by the CLI: :func:`preprocess_image`), and MNIST-format arrays as they are:
 28x28, white digit on black, uint8 0-255 or float 0-1 (a 28x28 array with a light border, dark ink
-on light paper, is inverted and re-framed, not misread). ``load_model("runs/NAME")`` loads a model you trained, and
+on light paper, is inverted and re-framed, not misread). ``load_model("runs/NAME")`` (or ``"NAME"``, or
+``"latest"``) loads a model you trained, and
 ``load_model(folder, runtime="onnxruntime")`` its exported ``model.onnx``.
 
 Training: ``mnist-cnn train --recipe basic`` on the command line, or

@@ -128,6 +128,40 @@ class EveryNSteps(Callback):
             state.model.train()
 
 
+class StepCurve(Callback):
+    """The training loss and accuracy over each stretch of about 1/``per_epoch`` of an epoch, so a run of one or
+    two epochs still has a curve (its history has one or two rows). ``points`` holds one dict per stretch:
+    ``step`` (global), ``epoch`` (fractional: 0.5 is half-way through the first), ``train_loss``,
+    ``train_accuracy``; on rank 0's shard of the data in a ``torch.distributed`` job. ``points`` may start
+    with those of a run this one resumes; a stretch cut by the resume starts again from the checkpoint."""
+
+    def __init__(self, per_epoch: int = 50, points: list[dict] | None = None):
+        if per_epoch < 1:
+            raise ValueError(f"per_epoch must be at least 1, got {per_epoch}")
+        self.per_epoch, self.points = per_epoch, list(points or [])
+        self.last: tuple[int, float, int] = (0, 0.0, 0)  # the stretch's start: step, loss sum, correct
+
+    def _seen(self, state: TrainState, step: int) -> float:
+        """Images this process has trained on after ``step`` steps of the epoch (the last batch may be short)."""
+        return min(step * state.config.batch_size, state.train_images) / distributed.current().world_size
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if distributed.current().is_main:
+            self.last = (state.step, state.loss_sum.item(), int(state.correct.item()))
+
+    def on_step(self, state: TrainState) -> None:
+        every = max(1, state.steps // self.per_epoch)
+        if not distributed.current().is_main or (state.step % every and state.step < state.steps):
+            return
+        step, loss, correct = self.last
+        images = self._seen(state, state.step) - self._seen(state, step)
+        self.last = (state.step, state.loss_sum.item(), int(state.correct.item()))
+        self.points.append({
+            "step": state.global_step, "epoch": round(state.global_step / state.steps, 4),
+            "train_loss": (self.last[1] - loss) / images, "train_accuracy": (self.last[2] - correct) / images,
+        })  # fmt: skip
+
+
 class AfterEpoch(Callback):
     """``fn(state)`` after every epoch; ``state.history[-1]`` is the epoch's row. Raising
     KeyboardInterrupt stops training as Ctrl-C does; any other exception propagates."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import FormatNotAcceptedError, ImageError, NotAnImageError, TooManyPixelsError
+from .errors import FormatNotAcceptedError, ImageError, MissingImageError, NotAnImageError, TooManyPixelsError
 
 # Our own limits, far below Pillow's decompression-bomb threshold (89 Mpx warning, 179 Mpx error):
 # a 48-megapixel phone photo passes, a 20000x20000 "image" is refused from its header.
@@ -84,7 +84,7 @@ def _open(source, name: str) -> Image.Image:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise ImageError(f"{name}: no such file") from None
+            raise MissingImageError(f"{name}: no such file") from None
         except OSError as exc:
             raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
         if path.is_dir():

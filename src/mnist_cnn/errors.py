@@ -33,6 +33,13 @@ class ImageError(MnistCnnError):
     """Input that is not an image this tool can read (missing, corrupt, hostile, unsupported)."""
 
 
+class MissingImageError(ImageError):
+    """An image file or folder named as input that does not exist, or a folder named that holds no images: a
+    mistake in the command (exit 2), found before any model loads."""
+
+    exit_code = 2
+
+
 class UnreadableFolderError(ImageError):
     """A folder of images that cannot be listed (permission denied): said so, never taken for an empty folder."""
 

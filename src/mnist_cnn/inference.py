@@ -49,6 +49,7 @@ from .folder import (
     write_json,
 )
 from .models import create_model, kwargs_from_weights
+from .runs import resolve_run
 
 # The model that ships inside the package (made by ``make default-model``: see mnist_cnn/default_model.py).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -81,9 +82,14 @@ def load_model(
     *,
     tta: bool = False,
     threads: int | None = None,
+    runs_dir: str | os.PathLike = "runs",
 ) -> BaseClassifier:
     """Load a model folder written by ``mnist-cnn train``, ``mnist-cnn ensemble`` or :func:`save_model`;
     with no ``path``, the model that ships with the package (:func:`default_model_dir`).
+
+    ``path`` is named as on the command line: a folder, a run name in ``runs_dir``, ``"latest"`` (the
+    newest finished run there) or a file in a run folder (:func:`mnist_cnn.runs.resolve_run`); a name that
+    matches nothing is a :class:`ModelFolderError` listing the closest runs.
 
     ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
     ``runtime="onnxruntime"`` predicts with the folder's ``model.onnx`` (see :mod:`mnist_cnn.export`)
@@ -94,7 +100,7 @@ def load_model(
     """
     if runtime not in LOADERS:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-    folder = ModelFolder(default_model_dir() if path is None else path)
+    folder = ModelFolder(default_model_dir() if path is None else resolve_run(path, runs_dir))
     return LOADERS[runtime](folder, folder.read(), device, tta, threads)
 
 

@@ -38,7 +38,8 @@ from .decode import LIMITS, WORK_SIDE, ImageLimits, PreprocessRecord, decode_ima
 from .decode import MAX_BYTES as MAX_BYTES
 from .decode import MAX_PIXELS as MAX_PIXELS
 from .errors import FormatNotAcceptedError as FormatNotAcceptedError
-from .errors import ImageError, NoDigitError, UnreadableFolderError
+from .errors import ImageError as ImageError
+from .errors import MissingImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .shadow import straight_shadow
@@ -397,15 +398,22 @@ def simple_preprocess(source) -> np.ndarray:
 def find_images(paths) -> list[Path]:
     """Expand folders (recursively) into the image files they hold, sorted; files named directly are kept as given.
 
-    A folder (or a folder inside it) that cannot be listed is an :class:`UnreadableFolderError`, not a folder
-    without images.
+    Names that do not exist, and folders without an image, are one :class:`MissingImageError` naming them all (a
+    typo is a mistake in the command, said before anything is read); a folder (or a folder inside it) that cannot
+    be listed is an :class:`UnreadableFolderError`, not a folder without images.
     """
+    paths = list(map(Path, paths))
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise MissingImageError(f"{', '.join(missing)}: no such file{'s' if len(missing) > 1 else ''}")
     found: list[Path] = []
-    for path in map(Path, paths):
+    for path in paths:
         if path.is_dir():
             inside = _images_in(path)
             if not inside:
-                raise ImageError(f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+                raise MissingImageError(
+                    f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})"
+                )
             found.extend(inside)
         else:
             found.append(path)

@@ -21,6 +21,7 @@ from .augment import augment
 from .data import MNIST
 from .evaluate import RunEvaluation, augmentation_of, calibration_line
 from .folder import atomic_write
+from .train import read_steps
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +96,30 @@ def loss_names(train_config: dict | None) -> tuple[str, str]:
     return train, "validation loss (plain cross-entropy)"
 
 
-def curves(history: list[dict], path: Path, best_epoch: int | None = None, train_config: dict | None = None) -> Path:
-    """Loss and accuracy per epoch, training and validation; with one or two epochs, each point is labelled
-    with its value (a line needs more points)."""
+SHORT_RUN = 3  # epochs: a run this short is drawn by steps (StepCurve's points), not by its one or two epochs
+
+
+def _stretch(steps: list[dict]) -> float:
+    """The fraction of an epoch between two of StepCurve's points."""
+    return steps[1]["epoch"] - steps[0]["epoch"] if len(steps) > 1 else steps[0]["epoch"]
+
+
+def curves(history: list[dict], path: Path, best_epoch: int | None = None, train_config: dict | None = None,
+           steps: list[dict] | None = None) -> Path:  # fmt: skip
+    """Loss and accuracy per epoch, training and validation. A run of under three epochs with ``steps`` (the
+    training figures within its epochs) draws training as a line over those, at fractions of an epoch; with one
+    or two epochs, each per-epoch point is labelled with its value (a line needs more points)."""
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
+    by_step = bool(steps) and len(history) < SHORT_RUN
     train_loss, val_loss = loss_names(train_config)
     names = {"loss": (train_loss, val_loss), "accuracy": ("training accuracy", "validation accuracy")}
     for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         for prefix, marker, name in (("train", "o-", names[key][0]), ("val", "s-", names[key][1])):
+            if prefix == "train" and by_step:
+                ax.plot([p["epoch"] for p in steps], [p[f"train_{key}"] for p in steps], "-", lw=1.2, label=name)
+                continue
             if not history or f"{prefix}_{key}" not in history[0]:
                 continue
             values = [r[f"{prefix}_{key}"] for r in history]
@@ -114,8 +129,8 @@ def curves(history: list[dict], path: Path, best_epoch: int | None = None, train
                     ax.annotate(f"{v:.4f}", (x, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
         if best_epoch:
             ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"kept: epoch {best_epoch}")
-        ax.set_xlabel("epoch")
-        ax.set_xticks(epochs if len(epochs) <= 12 else ax.get_xticks())
+        ax.set_xlabel(f"epoch (training: a point every {_stretch(steps):.0%} of an epoch)" if by_step else "epoch")
+        ax.set_xticks(([0] if by_step else []) + epochs if len(epochs) <= 12 else ax.get_xticks())
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -198,7 +213,8 @@ def _figures(run: RunEvaluation, data: MNIST, folder: Path, seed: int) -> list[t
     figures = [
         ("Sample training digits", sample_grid(train_images, train_labels, folder / "samples.png", seed=seed)),
         *([("Loss and accuracy per epoch", curves(run.history, folder / "curves.png", best_epoch,
-                                                   run.config.get("train_config")))] if run.history else []),
+                                                   run.config.get("train_config"), read_steps(run.run_dir)))]
+          if run.history else []),
         *([("Augmented training digits (top row: originals)", augmentation_grid(
             train_images, train_labels, aug, folder / "augmentation.png", seed=seed))] if aug is not None else []),
         ("Five random test images: actual vs. predicted", prediction_grid(test_images, test_labels, result.preds, folder / "predictions.png", seed=seed)),

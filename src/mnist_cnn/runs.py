@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -197,6 +198,7 @@ def rows_as_dicts(rows: list[RunRow]) -> list[dict]:
 
 
 LATEST = "latest"  # the name that means the newest finished run in the runs folder
+_STAMP = re.compile(r"-\d{8}-\d{6}$")  # the time train appends to a run's name: basic-20261201-041509
 MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".onnx", ".html", ".md", ".csv")  # files a run folder holds
 
 
@@ -256,7 +258,10 @@ def _missing_message(path: Path, runs_dir: Path) -> str:
     """``model folder X does not exist``, with the closest run names in its folder (or ``runs_dir``)."""
     where = path.parent if len(path.parts) > 1 and path.parent.is_dir() else runs_dir
     names = [p.name for p in _finished_runs(where)]
+    stems = {n: _STAMP.sub("", n) for n in names}  # "fastt" is close to "fast", not to "fast-20261201-050000"
+    near = set(difflib.get_close_matches(path.name, set(stems.values()), n=5))
     close = [n for n in names if n.startswith(path.name)] + difflib.get_close_matches(path.name, names, n=5)
+    close += [n for n in reversed(names) if stems[n] in near]  # the newest first
     close = list(dict.fromkeys(close))[:5]
     if not close:
         return f"model folder {path} does not exist (train one with: mnist-cnn train)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .callbacks import Callback, Checkpointing
+from .callbacks import Callback, Checkpointing, StepCurve
 from .checkpoint import CheckpointError, Checkpoints
 from .config import TrainConfig
 from .data import MNIST, split_validation
@@ -40,6 +41,20 @@ from .tracking import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 REJECT_SOURCE_DIGITS = 40_000  # training digits cut and paired into about half as many not-a-digit images
+
+
+STEPS_JSON = "steps.json"  # the training loss and accuracy within epochs (StepCurve): the curves of short runs
+
+
+def read_steps(run_dir: Path, until: int | None = None) -> list[dict]:
+    """The points of a run's ``steps.json`` (none if it has no readable one), those up to global step ``until``."""
+    try:
+        points = json.loads((Path(run_dir) / STEPS_JSON).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("step"), int) for p in points):
+        return []
+    return [p for p in points if until is None or p["step"] <= until]
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
@@ -229,15 +244,17 @@ def _log_start(config: TrainConfig, model: nn.Module, train, val, device: torch.
 
 
 class _RunFiles(Callback):
-    """``history.json``/``history.csv`` after every epoch, and its scalars in TensorBoard (rank 0 only)."""
+    """``history.json``/``history.csv`` and ``steps.json`` after every epoch, and the history's scalars in
+    TensorBoard (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, board: TensorBoardLogger | None):
-        self.run_dir, self.board = run_dir, board
+    def __init__(self, run_dir: Path, board: TensorBoardLogger | None, curve: StepCurve):
+        self.run_dir, self.board, self.curve = run_dir, board, curve
 
     def on_epoch_end(self, state) -> None:
         if not distributed.current().is_main:
             return
         write_history(self.run_dir, state.history)
+        write_json(self.run_dir / STEPS_JSON, self.curve.points)
         if self.board is not None:
             self.board.epoch(state.history[-1], state.history[-1]["epoch"] * state.steps)
 
@@ -330,7 +347,9 @@ def train_run(
     previous = torch.are_deterministic_algorithms_enabled()
     model = _seeded_model(config, dev, initial, deterministic)
     _log_start(config, model, train, val, dev)
-    hooks = [checkpointing, _RunFiles(run_dir, board), *callbacks]
+    # A resumed run keeps the points of the steps its checkpoint holds.
+    curve = StepCurve(points=read_steps(run_dir, (state["epoch"] - 1) * steps + state["step"]) if state else [])
+    hooks = [checkpointing, curve, _RunFiles(run_dir, board, curve), *callbacks]
     try:
         if board is not None and state is None:
             board.config({"recipe": recipe, **config.to_dict()})

@@ -2,7 +2,8 @@
 
 Exit status: 0 success; 1 some inputs failed (a file ``predict`` or ``read`` could not read; the
 others are still processed, and an image with no ink is an answer — "no digit found" — not a
-failure); 2 a usage or data error (bad flag, missing data folder, corrupt file); 130 interrupted.
+failure); 2 a usage or data error (bad flag, an image or run that does not exist, missing data
+folder, corrupt file); 130 interrupted.
 
 One module per group of commands, each holding the commands' sub-parsers (``add_NAME``) and
 their work (``cmd_NAME``): ``training`` (train, tune, recipes, runs, show), ``evaluation``

@@ -81,7 +81,7 @@ def _choose_model(args) -> None:
     there and the default model reads them (said on standard error, as -q allows)."""
     from ..default_model import describe
     from ..inference import default_model_dir, read_config
-    from ..preprocess import IMAGE_SUFFIXES
+    from ..preprocess import IMAGE_SUFFIXES, find_images
     from ..runs import looks_like_run
 
     typo = args.run is not None and not args.run.exists() and args.run.suffix.lower() not in IMAGE_SUFFIXES
@@ -89,9 +89,10 @@ def _choose_model(args) -> None:
         args.run, args.images = None, [args.run, *args.images]
     if args.run is not None:
         args.run = _resolve_run(args.run, args)
-    else:
-        if len(args.images) == 1 and looks_like_run(args.images[0], args.runs_dir):
-            raise ValueError(f"{args.images[0]} names a model: name the images to read after it")
+    elif len(args.images) == 1 and looks_like_run(args.images[0], args.runs_dir):
+        raise ValueError(f"{args.images[0]} names a model: name the images to read after it")
+    args.images = find_images(args.images)  # a mistyped image is one error line, before a model is loaded or named
+    if args.run is None:
         args.run = default_model_dir()
         log.info("using the default model %s", describe(read_config(args.run)))
 
@@ -138,12 +139,10 @@ class _Output:
 
 
 def _batch(args, columns: list[str], handle) -> int:
-    """Run ``handle(path) -> (row, text)`` on every image; count failures, never stop the batch."""
+    """Run ``handle(path) -> (row, text)`` on every image of ``args.images``; count failures, never stop the batch."""
     from tqdm.auto import tqdm
 
-    from ..preprocess import find_images
-
-    paths = find_images(args.images)
+    paths = args.images  # found by _choose_model
     out = _Output(args, columns)
     failures = 0
     bar = tqdm(
@@ -163,7 +162,7 @@ def _batch(args, columns: list[str], handle) -> int:
     finally:
         bar.close()
         out.close()
-    if failures:
+    if failures and len(paths) > 1:  # one image's error line says it all
         print(f"{failures} of {len(paths)} file(s) could not be read", file=sys.stderr)
     if args.out:
         print(f"wrote {len(paths)} result(s) to {args.out}", file=sys.stderr)

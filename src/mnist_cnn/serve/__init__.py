@@ -13,7 +13,7 @@ One job per module:
 - ``app``: the app factory :func:`create_app` and :func:`run` (uvicorn)
 - ``routes``: the API's endpoints (an ``APIRouter``; the service comes through ``Depends``)
 - ``page``: the drawing page and its static files
-- ``docs``: the API docs at /docs, Swagger UI from the ``swagger-ui-bundle`` package (no CDN)
+- ``docs``: the API docs at /docs, Swagger UI from the ``fastapi-offline`` package (no CDN)
 - ``service``: the model behind the service (loading, warm-up, predict, read, /v1/model)
 - ``batcher``: micro-batching of concurrent requests
 - ``parsing``: content type, the JSON pixels (parsed by hand: the hot path), multipart, ``min_confidence``
