@@ -200,3 +200,30 @@ def test_ctrl_c_stops_cleanly_and_saves_what_was_trained(tmp_path, mnist_dir):
 def test_python_dash_m_runs_the_cli():
     r = subprocess.run([sys.executable, "-m", "mnist_cnn", "recipes"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "three-conv" in r.stdout
+
+
+def test_predict_on_many_files_in_worker_processes_answers_as_one_process_does(tmp_path, mnist):
+    """70 files (a pool's worth) with a blank and a broken one among them: the same rows, in the same
+    order, whether 2 worker processes or this process preprocess them, and the batch's errors counted."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(68):
+        Image.fromarray(255 - mnist.test_images[i].numpy()).resize((56, 56)).save(folder / f"d{i:02d}.png")
+    Image.new("L", (40, 40), 255).save(folder / "d68-blank.png")
+    (folder / "d69-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    runs = {w: cli("predict", folder, "--json", "--workers", w) for w in ("0", "2")}
+    for r in runs.values():
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "1 of 70 file(s) could not be read" in r.stderr
+    rows = {w: [json.loads(line) for line in r.stdout.splitlines()] for w, r in runs.items()}
+    assert rows["0"] == rows["2"]
+    assert [row["file"] for row in rows["2"]] == sorted(str(p) for p in folder.iterdir())
+    labels = [row["label"] for row in rows["2"][:68]]
+    assert np.mean(np.array(labels) == mnist.test_labels[:68].numpy()) > 0.95
+    assert rows["2"][68]["no_digit"] is True and "error" in rows["2"][69]
+
+
+def test_predict_refuses_a_negative_worker_count(tmp_path):
+    Image.new("L", (40, 40), 255).save(tmp_path / "a.png")
+    r = cli("predict", tmp_path / "a.png", "--workers", "-1")
+    assert r.returncode == 2 and r.stderr.strip().endswith("--workers must be 0 or more, got -1"), r.stderr

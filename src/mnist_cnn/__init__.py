@@ -26,17 +26,32 @@ Training: ``mnist-cnn train --recipe basic`` on the command line, or
 ``mnist-cnn --help`` lists every command; docs/python-api.md is the guide to this API.
 """
 
-from ._version import __version__
-from .config import RECIPES, TrainConfig, get_recipe
-from .data import load_mnist, read_idx
-from .errors import DataError, MnistCnnError, ModelFolderError
-from .inference import Classifier, default_model_dir, load_model
-from .models import create_model, list_models
-from .preprocess import ImageError, NoDigitError, preprocess_image
-from .reading import read_digits
+from ._version import __version__ as __version__
 
-__all__ = [
-    "RECIPES", "Classifier", "DataError", "ImageError", "MnistCnnError", "ModelFolderError", "NoDigitError",
-    "TrainConfig", "__version__", "create_model", "default_model_dir", "get_recipe", "list_models", "load_mnist", "load_model",
-    "preprocess_image", "read_digits", "read_idx",
-]  # fmt: skip
+# Each public name and the module that holds it, imported on first use (PEP 562): ``import mnist_cnn`` stays
+# light, so the processes that preprocess images in parallel (mnist_cnn.parallel) never load PyTorch.
+_PUBLIC = {
+    "RECIPES": "config", "TrainConfig": "config", "get_recipe": "config",
+    "load_mnist": "data", "read_idx": "data",
+    "DataError": "errors", "MnistCnnError": "errors", "ModelFolderError": "errors",
+    "Classifier": "inference", "default_model_dir": "inference", "load_model": "inference",
+    "create_model": "models", "list_models": "models",
+    "ImageError": "preprocess", "NoDigitError": "preprocess", "preprocess_image": "preprocess",
+    "read_digits": "reading",
+}  # fmt: skip
+
+__all__ = sorted([*_PUBLIC, "__version__"])
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mnist_cnn' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_MIN_CONFIDENCE
 from ..errors import MnistCnnError
+from ..parallel import POOL_MIN_FILES
 from .common import (
     _add_inference_runtime_flag,
     _add_runs_dir_flag,
@@ -48,6 +49,8 @@ def add_predict(sub, common: argparse.ArgumentParser) -> None:
     _add_model_and_images(p)
     _add_min_confidence_flag(p, "the answer is 'not sure — is this a digit?' (best guess still shown)")
     _add_batch_flags(p)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help=f"processes that preprocess the images (0: none, this process does it) (default: one per core for {POOL_MIN_FILES} files or more, else 0)")  # fmt: skip
     _add_tta_flag(p)
     _add_runtime_flags(p)
     _add_inference_runtime_flag(p)
@@ -138,21 +141,36 @@ class _Output:
             self.file.close()
 
 
-def _batch(args, columns: list[str], handle) -> int:
-    """Run ``handle(path) -> (row, text)`` on every image of ``args.images``; count failures, never stop the batch."""
+def _each(paths, handle):
+    """(path, ``handle(path)`` or the user error it raised) for every path."""
+    for path in paths:
+        try:
+            yield path, handle(path)
+        except MnistCnnError as exc:
+            yield path, exc
+
+
+def _batch(args, columns: list[str], outcomes) -> int:
+    """Write the outcome of every image of ``args.images``: ``outcomes`` yields (path, (row, text) or the
+    user error that stopped that image), in order; count failures, never stop the batch."""
     from tqdm.auto import tqdm
 
     paths = args.images  # found by _choose_model
     out = _Output(args, columns)
     failures = 0
     bar = tqdm(
-        paths, unit="image", disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty(), file=sys.stderr
+        outcomes,
+        total=len(paths),
+        unit="image",
+        disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty(),
+        file=sys.stderr,
     )
     try:
-        for path in bar:
-            try:
-                row, text = handle(path)
-            except MnistCnnError as exc:  # one bad file is reported and counted, the batch goes on
+        for path, outcome in bar:
+            if isinstance(outcome, tuple):
+                row, text = outcome
+            else:  # one bad file is reported and counted, the batch goes on
+                exc = outcome
                 failures += 1
                 bar.write(_printable(f"error: {exc}"), file=sys.stderr)
                 row, text = {"file": str(path), "error": str(exc)}, f"{path}: error: {exc}"
@@ -185,31 +203,60 @@ def _classifier(args):
 
 def cmd_predict(args) -> int:
     """One digit per image. ``uncertain``: the best guess is below --min-confidence; ``not_a_digit``: the
-    answer to "is this a digit?" is no (no ink found) or not sure (uncertain). A guess is always shown."""
-    import numpy as np
+    answer to "is this a digit?" is no (no ink found) or not sure (uncertain). A guess is always shown.
 
-    from ..preprocess import NoDigitError, preprocess_image
+    Files are preprocessed by a pool of worker processes when there are many (``--workers``) and go
+    through the model in batches of ``MODEL_BATCH``."""
+    from ..parallel import default_workers, frames
 
     _check_min_confidence(args)
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     clf = _classifier(args)
-
-    def handle(path):
-        try:
-            image = preprocess_image(path).array
-        except NoDigitError:
-            row = {"file": str(path), "label": None, "uncertain": None, "not_a_digit": True, "no_digit": True}
-            return row, f"{path}: no digit found"
-        probs = clf.frame_proba(image[None])[0]
-        label = int(np.argmax(probs))
-        uncertain = bool(probs[label] < args.min_confidence)
-        row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
-               "probabilities": [round(float(p), 6) for p in probs], "uncertain": uncertain, "not_a_digit": uncertain}  # fmt: skip
-        guess = f"{clf.labels[label]} (p={probs[label]:.3f})"
-        return row, f"{path}: not sure — is this a digit? best guess {guess}" if uncertain else f"{path}: {guess}"
-
+    workers = default_workers(len(args.images)) if args.workers is None else args.workers
     columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "uncertain", "not_a_digit", "no_digit",
                "error"]  # fmt: skip
-    return _batch(args, columns, handle)
+    return _batch(args, columns, _predictions(clf, frames(args.images, workers), args.min_confidence))
+
+
+MODEL_BATCH = 256  # frames per call of the model when predicting many files
+
+
+def _predictions(clf, outcomes, min_confidence: float):
+    """(path, (row, text) or error) per (path, frame or error), the frames through the model in batches."""
+    chunk = []
+    for item in outcomes:
+        chunk.append(item)
+        if len(chunk) == MODEL_BATCH:
+            yield from _predict_chunk(clf, chunk, min_confidence)
+            chunk = []
+    yield from _predict_chunk(clf, chunk, min_confidence)
+
+
+def _predict_chunk(clf, chunk, min_confidence: float):
+    import numpy as np
+
+    from ..errors import NoDigitError
+
+    found = [frame for _, frame in chunk if isinstance(frame, np.ndarray)]
+    probs = iter(clf.frame_proba(np.stack(found)) if found else [])
+    for path, frame in chunk:
+        if isinstance(frame, NoDigitError):
+            row = {"file": str(path), "label": None, "uncertain": None, "not_a_digit": True, "no_digit": True}
+            yield path, (row, f"{path}: no digit found")
+        elif isinstance(frame, Exception):
+            yield path, frame
+        else:
+            yield path, _prediction_row(clf, path, next(probs), min_confidence)
+
+
+def _prediction_row(clf, path, probs, min_confidence: float) -> tuple[dict, str]:
+    label = int(probs.argmax())
+    uncertain = bool(probs[label] < min_confidence)
+    row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
+           "probabilities": [round(float(p), 6) for p in probs], "uncertain": uncertain, "not_a_digit": uncertain}  # fmt: skip
+    guess = f"{clf.labels[label]} (p={probs[label]:.3f})"
+    return row, f"{path}: not sure — is this a digit? best guess {guess}" if uncertain else f"{path}: {guess}"
 
 
 def cmd_read(args) -> int:
@@ -230,7 +277,7 @@ def cmd_read(args) -> int:
         return row, f"{path}: {' / '.join(reading.lines)}  (confidence per digit: {confidences})"
 
     columns = ["file", "text", "found", "count", "uncertain", "min_digit_confidence", "error"]
-    return _batch(args, columns, handle)
+    return _batch(args, columns, _each(args.images, handle))
 
 
 def cmd_preprocess(args) -> int:

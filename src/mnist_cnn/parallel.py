@@ -1,0 +1,54 @@
+"""Many image files preprocessed at once: a pool of worker processes, the results in the files' order.
+
+Preprocessing (decode, paper, ink, frame) is Python and NumPy work that holds one core per image, so a
+folder of photos goes as fast as the cores allow only when each core takes its own files. The workers
+are started with ``spawn`` (never ``fork``: the parent may hold BLAS and PyTorch threads a forked child
+would inherit in an unknown state) and import only the preprocessing modules, not the model.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import MnistCnnError, NoDigitError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+POOL_MIN_FILES = 64  # below this many files a pool's start (about a second per worker) costs more than it saves
+CHUNK = 16  # files handed to a worker at a time
+
+
+def default_workers(files: int) -> int:
+    """One worker per core this process may use, none (work in this process) for a few files."""
+    if files < POOL_MIN_FILES:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores > 1 else 0
+
+
+def frame_or_error(path: Path) -> np.ndarray | MnistCnnError:
+    """The MNIST frame of one file, or the user error that says why there is none (returned, not raised,
+    so one bad file in a worker neither stops the others nor loses its message)."""
+    from .preprocess import preprocess_image  # here, so the CLI can name this module's settings before any work
+
+    try:
+        return preprocess_image(path).array
+    except NoDigitError as exc:
+        return NoDigitError(str(exc))
+    except MnistCnnError as exc:  # the message is what the caller reports; some subclasses carry fields pickle drops
+        return MnistCnnError(str(exc))
+
+
+def frames(paths: list[Path], workers: int) -> Iterator[tuple[Path, np.ndarray | MnistCnnError]]:
+    """(path, frame or error) for every path, in order; ``workers`` 0 or 1 works in this process."""
+    if workers <= 1:
+        yield from ((path, frame_or_error(path)) for path in paths)
+        return
+    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from zip(paths, pool.map(frame_or_error, paths, chunksize=CHUNK), strict=True)
