@@ -203,7 +203,7 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_predict_on_many_files_in_worker_processes_answers_as_one_process_does(tmp_path, mnist):
-    """70 files (a pool's worth) with a blank and a broken one among them: the same rows, in the same
+    """70 files with a blank and a broken one among them: the same rows, in the same
     order, whether 2 worker processes or this process preprocess them, and the batch's errors counted."""
     folder = tmp_path / "many"
     folder.mkdir()

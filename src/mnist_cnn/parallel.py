@@ -20,7 +20,7 @@ from .errors import MnistCnnError, NoDigitError
 if TYPE_CHECKING:
     import numpy as np
 
-POOL_MIN_FILES = 64  # below this many files a pool's start (about a second per worker) costs more than it saves
+POOL_MIN_FILES = 500  # below this many files a pool's start (about a second per worker) costs more than it saves
 CHUNK = 16  # files handed to a worker at a time
 
 

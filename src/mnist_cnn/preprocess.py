@@ -42,7 +42,7 @@ from .errors import ImageError as ImageError
 from .errors import MissingImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
-from .shadow import straight_shadow
+from .shadow import least_squares, straight_shadow
 from .strokes import otsu, polarity_evidence, reduce_mask, remove_lines
 
 BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
@@ -98,7 +98,7 @@ def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray
     for _ in range(5):
         if keep.sum() < 4 * terms:
             break
-        coef, *_ = np.linalg.lstsq(basis[keep], z[keep], rcond=None)
+        coef = least_squares(basis[keep], z[keep])
         resid = z - basis @ coef
         # From known paper, the spread of the pixels kept so far: ink never sets the tolerance.
         spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)

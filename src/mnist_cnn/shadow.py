@@ -25,6 +25,14 @@ COARSE = (24, 16, (0.5, 1.5))  # first pass: edge directions over half a turn, p
 FINE = (5, 5, (0.3, 0.6, 1.0, 1.5, 2.5))  # second pass: around the best edge of the first
 
 
+def least_squares(basis: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Coefficients of the least-squares fit ``basis @ coef ~ z`` for a few well-scaled columns, from the
+    normal equations: a tenth of the time of ``np.linalg.lstsq`` (an SVD) on an image's 10,000 pixels."""
+    gram = basis.T @ basis
+    gram[np.diag_indices_from(gram)] += 1e-9
+    return np.linalg.solve(gram, basis.T @ z)
+
+
 def _coordinates(h: int, w: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Pixel centres of an (h, w) image, from its centre, in units of the search copy's pixels."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -97,7 +105,7 @@ def straight_shadow(grey: np.ndarray, paper: np.ndarray) -> np.ndarray | None:
     z, ys, xs = z[keep], ys[keep], xs[keep]
     edge, coef, sse = _best_edge(z, ys, xs, _fine(edge, yy, xx))
     base = np.stack([np.ones_like(xs), xs, ys], 1)
-    plane, *_ = np.linalg.lstsq(base, z, rcond=None)
+    plane = least_squares(base, z)
     if sse > 0.25 * float(((base @ plane - z) ** 2).sum()):
         return None
     fy, fx = _coordinates(*grey.shape, small.shape[0] / grey.shape[0])
