@@ -459,3 +459,18 @@ def test_a_faint_thin_box_is_removed_whole(mnist):
         result = preprocess_image(boxed)
         corrs.append(_corr(result.array, preprocess_image(page).array))
     assert np.mean(np.array(corrs) > 0.9) >= 0.9, " ".join(f"{c:.2f}" for c in corrs)
+
+
+def test_the_fast_openings_are_binary_openings():
+    """long_runs and square_opening give exactly scipy's binary_opening with a line and a square, borders included."""
+    from mnist_cnn.strokes import long_runs, square_opening
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = rng.integers(3, 60, 2)
+        mask = rng.random((h, w)) < rng.uniform(0.3, 0.95)
+        length, axis, side = int(rng.integers(1, 30)), int(rng.integers(0, 2)), int(rng.integers(1, 7))
+        line = np.ones((1, length) if axis == 1 else (length, 1), bool)
+        assert np.array_equal(long_runs(mask, length, axis), ndimage.binary_opening(mask, structure=line))
+        square = np.ones((side, side), bool)
+        assert np.array_equal(square_opening(mask, side), ndimage.binary_opening(mask, structure=square))

@@ -43,7 +43,7 @@ from .errors import MissingImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .shadow import least_squares, straight_shadow
-from .strokes import otsu, polarity_evidence, reduce_mask, remove_lines
+from .strokes import long_runs, otsu, polarity_evidence, reduce_mask, remove_lines, square_opening
 
 BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
 CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
@@ -245,9 +245,9 @@ def _drop_printed_lines(ink: np.ndarray, spread: float, span: float, record: Pre
     lines = np.zeros_like(mask)
     for axis, side in ((1, ink.shape[1]), (0, ink.shape[0])):
         length = max(8, round(span * side))
-        runs = ndimage.binary_opening(mask, structure=np.ones((1, length) if axis == 1 else (length, 1), bool))
+        runs = long_runs(mask, length, axis)
         width = max(PRINTED_LINE_WIDTH, round(0.03 * min(ink.shape)))
-        thick = ndimage.binary_opening(runs, structure=np.ones((width, width), bool))
+        thick = square_opening(runs, width)
         lines |= runs & ~ndimage.binary_dilation(thick)  # thin runs only: a bold bar is a stroke
     if lines.sum() < 2 * min(ink.shape):
         return ink

@@ -54,11 +54,31 @@ def polarity_evidence(dark: np.ndarray) -> tuple[float, float]:
     return 2 * border, strokes
 
 
+def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """The pixels of ``mask`` in runs of ``length`` or more along ``axis`` (1: rows, 0: columns): a binary
+    opening with a ``length``-long line, computed from the runs' ends (an opening's cost grows with the length)."""
+    m = mask if axis == 1 else mask.T
+    edges = np.diff(np.pad(m, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)  # row-major order: each run's end pairs with its start
+    keep = ends - starts >= length
+    marks = np.zeros((m.shape[0], m.shape[1] + 1), np.int32)
+    np.add.at(marks, (rows[keep], starts[keep]), 1)
+    np.add.at(marks, (rows[keep], ends[keep]), -1)
+    out = np.cumsum(marks, axis=1)[:, :-1] > 0
+    return out if axis == 1 else out.T
+
+
+def square_opening(mask: np.ndarray, side: int) -> np.ndarray:
+    """A binary opening with a ``side`` x ``side`` square, as separable minimum and maximum filters."""
+    eroded = ndimage.minimum_filter(mask, size=side, mode="constant", cval=0)
+    return ndimage.maximum_filter(eroded, size=side, mode="constant", cval=0, origin=-1 if side % 2 == 0 else 0)
+
+
 def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     """Components of the long straight runs along ``axis`` (1: horizontal, 0: vertical) that are thin: (labels, count)."""
     length = max(8, round(0.1 * mask.shape[axis]))
-    element = np.ones((1, length) if axis == 1 else (length, 1), bool)
-    runs = ndimage.binary_opening(mask, structure=element)
+    runs = long_runs(mask, length, axis)
     labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         piece = labels[box] == i
