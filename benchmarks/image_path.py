@@ -1,0 +1,131 @@
+"""How fast images become answers: ``mnist-cnn predict`` on folders of each kind, and the preprocessing's steps.
+
+Folders (made in a temporary folder from MNIST test digits, seeded):
+
+- photos: digits rendered by ``mnist_cnn.synthetic`` as phone photos of handwriting (JPEG quality 85, 80-320 px);
+- png28: the 28x28 test images themselves as PNG files (white on black, what a data set hands over).
+
+For each folder, ``mnist-cnn predict FOLDER --workers N`` is run as a user runs it (a new process) for each
+N in ``--workers`` (0: one process); files/s excludes the interpreter's start and the model's load, which are
+measured apart (the same command on one file) and reported as ``start_s``. Then, in this process, the
+milliseconds per file of each step of ``preprocess_image`` on the photos (decode, ink map, framing).
+
+    python benchmarks/image_path.py                      # 600 photos, 1,000 PNGs, workers 0 and 2
+    python benchmarks/image_path.py --photos 300 --pngs 300 --workers 0 --json-out out.json
+
+Prints JSON, then a short table on stderr. Figures depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mnist_cnn.data import load_mnist
+from mnist_cnn.decode import decode_image
+from mnist_cnn.preprocess import drop_specks, ink_map, to_frame
+from mnist_cnn.strokes import remove_lines
+from mnist_cnn.synthetic import render_digit
+
+EXE = [sys.executable, "-m", "mnist_cnn"]
+
+
+def make_folders(root: Path, photos: int, pngs: int) -> dict[str, Path]:
+    data = load_mnist()
+    rng = np.random.default_rng(0)
+    folders = {"photos": root / "photos", "png28": root / "png28"}
+    for folder in folders.values():
+        folder.mkdir()
+    for i in range(photos):
+        render_digit(data.test_images[i].numpy(), rng).convert("RGB").save(
+            folders["photos"] / f"{i:05d}.jpg", quality=85
+        )
+    for i in range(pngs):
+        Image.fromarray(data.test_images[i].numpy()).save(folders["png28"] / f"{i:05d}.png")
+    return folders
+
+
+def _run(args: list, repeats: int) -> float:
+    """Median wall seconds of a command run ``repeats`` times."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([*EXE, *map(str, args)], check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cli_rates(folder: Path, workers: list[int], repeats: int) -> dict:
+    files = sorted(folder.iterdir())
+    start = _run(["predict", files[0], "--no-progress"], repeats)
+    out = {"files": len(files), "start_s": round(start, 3)}
+    for n in workers:
+        total = _run(["predict", folder, "--no-progress", "--workers", n], repeats)
+        out[f"workers_{n}"] = {
+            "wall_s": round(total, 3),
+            "files_per_s": round(len(files) / max(total - start, 1e-3), 1),
+        }
+    return out
+
+
+def steps(folder: Path, limit: int) -> dict:
+    """Milliseconds per file of each preprocessing step, in this process."""
+    spent = {"decode": 0.0, "ink": 0.0, "frame": 0.0}
+    files = sorted(folder.iterdir())[:limit]
+    for path in files:
+        t0 = time.perf_counter()
+        grey, record = decode_image(path)
+        t1 = time.perf_counter()
+        ink = ink_map(grey, record)
+        t2 = time.perf_counter()
+        ink, record.lines_removed = remove_lines(ink)
+        to_frame(drop_specks(ink, record), record)
+        t3 = time.perf_counter()
+        spent["decode"] += t1 - t0
+        spent["ink"] += t2 - t1
+        spent["frame"] += t3 - t2
+    return {k: round(1000 * v / len(files), 2) for k, v in spent.items()} | {"files": len(files)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--photos", type=int, default=600, help="photos in the photo folder (default: 600)")
+    p.add_argument("--pngs", type=int, default=1000, help="28x28 PNGs in the PNG folder (default: 1000)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="predict --workers values (default: 0 2)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each command; the median is kept (default: 3)")
+    p.add_argument("--json-out", type=Path, default=None, help="also write the JSON here (default: none)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = make_folders(Path(tmp), args.photos, args.pngs)
+        result = {
+            "benchmark": "image_path",
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "cli": {kind: cli_rates(folder, args.workers, args.repeats) for kind, folder in folders.items()},
+            "steps_ms_per_photo": steps(folders["photos"], min(args.photos, 200)),
+        }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    print("\n| folder | files | start (s) | " + " | ".join(f"files/s, workers {n}" for n in args.workers) + " |",
+          file=sys.stderr)  # fmt: skip
+    print("|---" * (3 + len(args.workers)) + "|", file=sys.stderr)
+    for kind, row in result["cli"].items():
+        rates = " | ".join(str(row[f"workers_{n}"]["files_per_s"]) for n in args.workers)
+        print(f"| {kind} | {row['files']} | {row['start_s']} | {rates} |", file=sys.stderr)
+    print(f"\nper photo, ms: {result['steps_ms_per_photo']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
