@@ -474,3 +474,16 @@ def test_the_fast_openings_are_binary_openings():
         assert np.array_equal(long_runs(mask, length, axis), ndimage.binary_opening(mask, structure=line))
         square = np.ones((side, side), bool)
         assert np.array_equal(square_opening(mask, side), ndimage.binary_opening(mask, structure=square))
+
+
+def test_an_mnist_frame_is_taken_as_it_is(mnist):
+    """A 28x28 image already in MNIST's format (as MNIST and data sets made like it hand them over) is not
+    re-framed: the model sees exactly those pixels, and the record says so. Inverted, it goes the long way."""
+    digits = mnist.test_images[:50].numpy()
+    same = [np.array_equal(preprocess_image(d).array, d) for d in digits]
+    assert np.mean(same) >= 0.95  # a digit whose mass sits off-centre, or one 22 px or more across, is re-framed
+    result = preprocess_image(digits[0])
+    assert any("already in MNIST format" in note for note in result.record.notes)
+    inverted = preprocess_image(255 - digits[0])
+    assert inverted.record.inverted and not any("already in MNIST" in note for note in inverted.record.notes)
+    assert _corr(inverted.array, digits[0]) > 0.9

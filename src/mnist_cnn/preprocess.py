@@ -362,6 +362,29 @@ def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tu
     return np.round(frame * 255).astype(np.uint8)
 
 
+def _is_mnist_frame(grey: np.ndarray) -> bool:
+    """Already what MNIST's procedure makes: 28x28, a black ring round a white digit at most 22 px across
+    whose centre of mass is within 1.5 px of MNIST's (the 28x28 images of MNIST and of data sets like it)."""
+    if grey.shape != (FRAME, FRAME) or float(grey.max()) < 0.5:
+        return False
+    ring = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    rows, cols = np.nonzero((grey > 0.1).any(1))[0], np.nonzero((grey > 0.1).any(0))[0]
+    if float(ring.max()) > 0.05 or float(np.median(grey)) > 0.05 or max(rows[-1] - rows[0], cols[-1] - cols[0]) >= 22:
+        return False
+    yy, xx = np.mgrid[0:FRAME, 0:FRAME]
+    total = float(grey.sum())
+    cy, cx = float((grey * yy).sum()) / total, float((grey * xx).sum()) / total
+    return abs(cy - CENTRE) <= 1.5 and abs(cx - CENTRE) <= 1.5
+
+
+def _as_it_is(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    rows, cols = np.nonzero(grey.any(1))[0], np.nonzero(grey.any(0))[0]
+    record.polarity = "light ink (already an MNIST frame: taken as it is)"
+    record.bbox = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    record.notes.append("already in MNIST format (28x28, white digit centred on black): taken as it is")
+    return np.round(grey * 255).astype(np.uint8)
+
+
 def preprocess_image(source, *, work_side: int = WORK_SIDE, limits: ImageLimits = LIMITS) -> Preprocessed:
     """Turn one image of one digit into MNIST format: :class:`Preprocessed` (array (28, 28) uint8, record).
 
@@ -370,6 +393,8 @@ def preprocess_image(source, *, work_side: int = WORK_SIDE, limits: ImageLimits 
     ``limits``) and :class:`NoDigitError` (a subclass) for an image with no ink.
     """
     grey, record = decode_image(source, work_side=work_side, limits=limits)
+    if _is_mnist_frame(grey):
+        return Preprocessed(_as_it_is(grey, record), record)
     ink = ink_map(grey, record)
     ink, record.lines_removed = remove_lines(ink)
     ink = drop_specks(ink, record)
