@@ -110,8 +110,10 @@ def test_cli_export_then_predict_and_evaluate_with_onnxruntime(tmp_path, trained
 
     folder = tmp_path / "run"
     shutil.copytree(trained_run[0].run_dir, folder)
-    r = _cli("predict", str(folder), "x.png", "--runtime", "onnxruntime", env_data=mnist_dir)
-    assert r.returncode == 2 and "no model.onnx; create it with: mnist-cnn export" in r.stderr
+    image = tmp_path / "x.png"
+    Image.fromarray(mnist.test_images[0].numpy()).save(image)  # an image that exists: the missing model is the error
+    r = _cli("predict", str(folder), str(image), "--runtime", "onnxruntime", env_data=mnist_dir)
+    assert r.returncode == 2 and "no model.onnx; create it with: mnist-cnn export" in r.stderr, r.stderr
     r = _cli("export", str(folder), "--format", "onnx", env_data=mnist_dir)
     assert r.returncode == 0, r.stderr
     assert "ONNX Runtime matches PyTorch on the 10,000 test images" in r.stdout
