@@ -227,3 +227,18 @@ def test_predict_refuses_a_negative_worker_count(tmp_path):
     Image.new("L", (40, 40), 255).save(tmp_path / "a.png")
     r = cli("predict", tmp_path / "a.png", "--workers", "-1")
     assert r.returncode == 2 and r.stderr.strip().endswith("--workers must be 0 or more, got -1"), r.stderr
+
+
+def test_the_worker_pool_is_kept_for_many_files_that_are_not_tiny(tmp_path, monkeypatch):
+    from mnist_cnn import parallel
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    small, large = [], []
+    for i in range(parallel.POOL_MIN_FILES):
+        (tmp_path / f"s{i}.png").write_bytes(b"x" * 300)
+        (tmp_path / f"l{i}.jpg").write_bytes(b"x" * 20_000)
+        small.append(tmp_path / f"s{i}.png")
+        large.append(tmp_path / f"l{i}.jpg")
+    assert parallel.default_workers(large) == 2
+    assert parallel.default_workers(small) == 0  # 28x28 PNGs: faster in one process
+    assert parallel.default_workers(large[:10]) == 0  # a pool's start costs more than it saves

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import statistics
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,14 +23,26 @@ if TYPE_CHECKING:
 
 POOL_MIN_FILES = 500  # below this many files a pool's start (about a second per worker) costs more than it saves
 CHUNK = 16  # files handed to a worker at a time
+SAMPLE, SMALL_FILE = 50, 4096  # the median size of the first 50 files under 4 KB: MNIST-sized images, no pool
 
 
-def default_workers(files: int) -> int:
-    """One worker per core this process may use, none (work in this process) for a few files."""
-    if files < POOL_MIN_FILES:
+def default_workers(paths: list[Path]) -> int:
+    """One worker per core this process may use; none (work in this process) for a few files, or for small
+    ones (28x28 PNGs take a fraction of a millisecond each: handing them to workers costs more)."""
+    if len(paths) < POOL_MIN_FILES or statistics.median(_sizes(paths[:SAMPLE])) < SMALL_FILE:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores if cores > 1 else 0
+
+
+def _sizes(paths: list[Path]) -> list[int]:
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:  # reported with the file's row
+            sizes.append(0)
+    return sizes
 
 
 def frame_or_error(path: Path) -> np.ndarray | MnistCnnError:

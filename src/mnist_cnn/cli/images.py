@@ -50,7 +50,7 @@ def add_predict(sub, common: argparse.ArgumentParser) -> None:
     _add_min_confidence_flag(p, "the answer is 'not sure — is this a digit?' (best guess still shown)")
     _add_batch_flags(p)
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help=f"processes that preprocess the images (0: none, this process does it) (default: one per core for {POOL_MIN_FILES} files or more, else 0)")  # fmt: skip
+                   help=f"processes that preprocess the images (0: none, this process does it) (default: one per core for {POOL_MIN_FILES} files or more unless they are under 4 KB, else 0)")  # fmt: skip
     _add_tta_flag(p)
     _add_runtime_flags(p)
     _add_inference_runtime_flag(p)
@@ -213,7 +213,7 @@ def cmd_predict(args) -> int:
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     clf = _classifier(args)
-    workers = default_workers(len(args.images)) if args.workers is None else args.workers
+    workers = default_workers(args.images) if args.workers is None else args.workers
     columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "uncertain", "not_a_digit", "no_digit",
                "error"]  # fmt: skip
     return _batch(args, columns, _predictions(clf, frames(args.images, workers), args.min_confidence))
