@@ -399,16 +399,24 @@ def test_printed_lines_fainter_than_the_ink_are_paper(mnist, squared):
     assert np.mean(np.array(corrs) > 0.75) >= 0.9, corrs
 
 
+def _boxed(digit: np.ndarray, start: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the digit on paper cut to its ink, the same on a page 20 px wider each way with a dark box ``width`` px
+    thick round it): the box's top and left sides begin ``20 - start`` px before the ink, its bottom and
+    right sides end 2 px after it."""
+    page = _on_paper(digit, margin=0)
+    rows, cols = np.nonzero((page < 200).any(1))[0], np.nonzero((page < 200).any(0))[0]
+    boxed = np.pad(page, 20, constant_values=235)
+    top, bottom, left, right = rows[0] + start, rows[-1] + 23, cols[0] + start, cols[-1] + 23
+    boxed[top : top + width, left:right] = boxed[bottom - width : bottom, left:right] = 40
+    boxed[top:bottom, left : left + width] = boxed[top:bottom, right - width : right] = 40
+    return page, boxed
+
+
 def test_a_box_close_round_a_narrow_digit_is_removed(mnist):
     """A form field drawn 3 px from a 1's ink: all four sides go, though the 1 is narrower than 4 box widths."""
     ones = mnist.train_images[mnist.train_labels == 1][:10].numpy()
     for digit in ones:
-        page = _on_paper(digit, margin=0)
-        rows, cols = np.nonzero((page < 200).any(1))[0], np.nonzero((page < 200).any(0))[0]
-        boxed = np.pad(page, 20, constant_values=235)
-        top, bottom, left, right = rows[0] + 17, rows[-1] + 23, cols[0] + 17, cols[-1] + 23
-        boxed[top : top + 2, left:right] = boxed[bottom - 2 : bottom, left:right] = 40
-        boxed[top:bottom, left : left + 2] = boxed[top:bottom, right - 2 : right] = 40
+        page, boxed = _boxed(digit, start=17, width=2)
         result = preprocess_image(boxed)
         assert result.record.lines_removed == 4
         assert _corr(result.array, preprocess_image(page).array) > 0.9
@@ -434,12 +442,7 @@ def test_a_box_touching_the_digit_is_removed(mnist):
     """A form field drawn tight round the ink, so the digit's strokes touch its sides: the sides go, the digit stays."""
     corrs = []
     for digit in mnist.train_images[:20].numpy():
-        page = _on_paper(digit, margin=0)
-        rows, cols = np.nonzero((page < 200).any(1))[0], np.nonzero((page < 200).any(0))[0]
-        boxed = np.pad(page, 20, constant_values=235)
-        top, bottom, left, right = rows[0] + 18, rows[-1] + 23, cols[0] + 18, cols[-1] + 23
-        boxed[top : top + 3, left:right] = boxed[bottom - 3 : bottom, left:right] = 40
-        boxed[top:bottom, left : left + 3] = boxed[top:bottom, right - 3 : right] = 40
+        page, boxed = _boxed(digit, start=18, width=3)
         result = preprocess_image(boxed)
         corrs.append(_corr(result.array, preprocess_image(page).array))
     # Before: a side a stroke touched joined the stroke's component and was kept (7 of 20 below 0.85). A 1 the

@@ -44,17 +44,22 @@ def server(exported_run):
     proc.communicate(timeout=30)
 
 
-@pytest.fixture
-def page(browser, server):
+def _open_page(browser, url):
+    """The page at ``url`` once its bars are drawn, in a context of its own; no script error by the end."""
     context = browser.new_context(viewport={"width": 900, "height": 640}, device_scale_factor=1)
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server)
+    page.goto(url)
     page.wait_for_selector("#bars li")
     yield page
     context.close()
     assert errors == [], errors
+
+
+@pytest.fixture
+def page(browser, server):
+    yield from _open_page(browser, server)
 
 
 def draw(page, strokes):
@@ -239,15 +244,7 @@ def test_the_default_model_is_not_sure_of_a_dot_or_an_x(browser, default_server,
 
 @pytest.fixture
 def default_page(browser, default_server):
-    context = browser.new_context(viewport={"width": 900, "height": 640}, device_scale_factor=1)
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(default_server)
-    page.wait_for_selector("#bars li")
-    yield page
-    context.close()
-    assert errors == [], errors
+    yield from _open_page(browser, default_server)
 
 
 def number_mode(page):
