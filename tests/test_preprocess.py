@@ -25,6 +25,7 @@ from mnist_cnn.preprocess import (
     preprocess_image,
     simple_preprocess,
 )
+from mnist_cnn.thickness import stroke_width
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -490,3 +491,91 @@ def test_an_mnist_frame_is_taken_as_it_is(mnist):
     inverted = preprocess_image(255 - digits[0])
     assert inverted.record.inverted and not any("already in MNIST" in note for note in inverted.record.notes)
     assert _corr(inverted.array, digits[0]) > 0.9
+
+
+def _ink_box(frame: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(frame.max(1) > 0)[0], np.nonzero(frame.max(0) > 0)[0]
+    return frame[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
+
+
+def _pen_ink(digit: np.ndarray, change: float, height: int = 200) -> np.ndarray:
+    """The digit's ink ``height`` px tall, its strokes grown (or, negative, shrunk) by ``change`` px."""
+    big = np.asarray(Image.fromarray(digit).resize((height, height), Image.Resampling.BICUBIC)).astype(np.float32)
+    reach = int(abs(change))
+    yy, xx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+    disk = xx**2 + yy**2 <= change**2
+    big = ndimage.grey_dilation(big, footprint=disk) if change > 0 else ndimage.grey_erosion(big, footprint=disk)
+    return np.clip(big, 0, 255).astype(np.uint8)
+
+
+def _pen(digit: np.ndarray, change: float) -> np.ndarray:
+    """The digit written 200 px tall on light paper with a pen ``change`` px wider (or narrower) than MNIST's."""
+    return (235 - 0.8 * np.pad(_pen_ink(digit, change), 40)).astype(np.uint8)
+
+
+def test_stroke_width_is_mnists_measure_and_follows_the_pen(mnist):
+    """MNIST's strokes are 1.7-3.1 px wide in its 20-px box (5th-90th percentile): the band framing keeps."""
+    widths = np.array([stroke_width(_ink_box(d)) for d in mnist.train_images[:500].numpy()])
+    assert 2.2 < np.median(widths) < 2.5 and 0.03 < np.mean(widths < 1.7) < 0.08 and np.mean(widths > 3.6) < 0.06
+    digit = mnist.train_images[0].numpy()
+    thin, usual, bold = (stroke_width(_ink_box(_pen_ink(digit, change))) for change in (-6, 0, 12))
+    assert thin < usual < bold
+
+
+def _pen_frames(digits: np.ndarray, change: float) -> tuple[np.ndarray, np.ndarray, list]:
+    """Frames of the digits written with the pen, evened (as shipped) and kept (the band switched off), and the notes."""
+    results = [preprocess_image(_pen(digit, change)) for digit in digits]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mnist_cnn.thickness.THIN_STROKE", 0.0)
+        patch.setattr("mnist_cnn.thickness.THICK_STROKE", 99.0)
+        kept = np.stack([preprocess_image(_pen(digit, change)).array for digit in digits])
+    return np.stack([r.array for r in results]), kept, [r.record.notes for r in results]
+
+
+def _noted(notes: list) -> float:
+    return np.mean([any("stroke width evened" in n for n in each) for each in notes])
+
+
+def test_a_fine_pen_is_widened_to_mnists_stroke(mnist):
+    """A hairline pen framed to 20 px leaves faint, broken lines MNIST never shows: it is widened into
+    MNIST's band, and the frame comes much closer to the clean digit's."""
+    digits = mnist.train_images[100:130].numpy()  # training digits: tests never tune on test digits
+    evened, kept, notes = _pen_frames(digits, -7)
+    widths = [stroke_width(_ink_box(frame)) for frame in evened]
+    assert _noted(notes) >= 0.8 and 1.8 <= np.median(widths) <= 2.6 and min(widths) >= 1.4, widths
+    clean = [preprocess_image(digit).array for digit in digits]
+    closeness = [np.mean([_corr(f, c) for f, c in zip(frames, clean, strict=True)]) for frames in (evened, kept)]
+    assert closeness[0] > closeness[1] + 0.05, closeness
+
+
+def test_a_markers_strokes_are_thinned_and_read_at_least_as_well(mnist):
+    """A marker's strokes are thinned into MNIST's band; the shipped model reads them no worse than unthinned."""
+    digits, labels = mnist.train_images[100:160].numpy(), mnist.train_labels[100:160].numpy()
+    evened, kept, notes = _pen_frames(digits, 12)
+    widths = [stroke_width(_ink_box(frame)) for frame in evened]
+    assert _noted(notes) >= 0.8 and np.median(widths) <= 3.6, widths
+    clf = load_model()
+    right = [clf.predict_proba(frames)[np.arange(len(labels)), labels] for frames in (evened, kept)]
+    assert np.mean(right[0] > 0.5) >= max(0.98, np.mean(right[1] > 0.5)) and right[0].mean() >= right[1].mean()
+
+
+def test_digits_in_mnists_stroke_band_are_framed_as_before(mnist):
+    """A digit written with an ordinary pen is not touched, and its record says nothing about strokes."""
+    ordinary = [d for d in mnist.train_images[200:230].numpy() if 1.9 <= stroke_width(_ink_box(d)) <= 3.3]
+    assert len(ordinary) >= 20
+    for digit in ordinary:
+        notes = preprocess_image(_pen(digit, 0)).record.notes
+        assert not any("stroke width" in n for n in notes), notes
+
+
+def test_faint_pencil_is_a_digit_and_fainter_marks_are_not(mnist):
+    """Pencil 15 grey levels darker than the paper is still read; 8 levels is below what ink can be."""
+    digit = mnist.train_images[5].numpy().astype(np.float32) / 255
+    for levels, found in [(15, True), (8, False)]:
+        page = np.pad(235 - levels * digit, 20, constant_values=235).repeat(4, 0).repeat(4, 1)
+        if found:
+            result = preprocess_image(page.astype(np.uint8))
+            assert result.record.inverted and _corr(result.array, preprocess_image(digit).array) > 0.9
+        else:
+            with pytest.raises(NoDigitError):
+                preprocess_image(page.astype(np.uint8))

@@ -12,8 +12,9 @@ that until it goes through the same steps, which :func:`preprocess_image` applie
    most of the image it is fitted first; when the ink fills the frame (a tight crop) the border
    and stroke structure decide (:mod:`mnist_cnn.strokes`), and the paper is fitted to its own pixels,
 3. a soft threshold around Otsu's level: paper and noise become 0, solid ink 1, edges stay grey,
-4. remove ruled/squared-paper lines and a drawn box, drop specks, crop to the ink, scale the
-   longer side to 20 px, centre by mass in 28x28.
+4. remove ruled/squared-paper lines and a drawn box, drop specks, crop to the ink, bring a fine
+   pen's or a marker's strokes into MNIST's width (:mod:`mnist_cnn.thickness`), scale the longer
+   side to 20 px, centre by mass in 28x28.
 
 >>> from mnist_cnn.preprocess import preprocess_image
 >>> result = preprocess_image("photo.jpg")   # doctest: +SKIP
@@ -44,10 +45,12 @@ from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .shadow import least_squares, straight_shadow
 from .strokes import long_runs, otsu, polarity_evidence, reduce_mask, remove_lines, square_opening
+from .thickness import even_strokes
 
 BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
 CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
-MIN_CONTRAST = 0.08  # ink must differ from the paper by at least 8% of the full range (20 grey levels)
+MIN_CONTRAST = 0.08  # paper: a change of light under 8% of the full range (20 grey levels) is no shadow
+MIN_INK = 0.05  # ink must differ from the paper by at least 5% of the full range (13 grey levels): faint pencil
 MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
 SHADOW_SHRINK = 0.5  # a shadow: both polarities' closings leave under half the smooth fit's ink share
 LOCAL_SIDE = 128  # shadows: the closing runs on a copy this size ...
@@ -280,12 +283,12 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     ink = _drop_printed_lines(ink, spread, PRINTED_LINE_SPAN if paper is None else FILLED_LINE_SPAN, record)
 
     top = float(ink.max())
-    if top < MIN_CONTRAST or top < 6 * spread:
+    if top < MIN_INK or top < 6 * spread:
         raise _no_digit(record)
     t = otsu(ink / top) * top
     level = float(np.median(ink[ink > t])) if np.any(ink > t) else top
     record.threshold, record.contrast = round(t, 4), round(level, 4)
-    if level < MIN_CONTRAST or level < 6 * spread:
+    if level < MIN_INK or level < 6 * spread:
         raise _no_digit(record)
     # Soft threshold: below half of Otsu's level (and above the noise) is paper, the typical ink
     # level and above is solid ink, and the ramp between keeps anti-aliased edges grey.
@@ -326,18 +329,24 @@ def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.n
 # ----------------------------------------------------------------------------- geometry
 
 
-def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+def to_frame(
+    ink: np.ndarray, record: PreprocessRecord | None = None, offset: tuple[int, int] = (0, 0), *, even: bool = False
+) -> np.ndarray:
     """MNIST geometry: crop to the ink, longer side to 20 px (aspect kept, anti-aliased), centre of mass to the centre.
 
     ``ink`` is float (H, W) in 0-1, ink bright. Returns (28, 28) uint8. ``offset`` (x, y) places a
-    crop of a larger image, so the record's box is in the whole image's pixels.
+    crop of a larger image, so the record's box is in the whole image's pixels. ``even`` brings a
+    fine pen's or a marker's strokes into MNIST's width first (a whole digit, as the user gave it;
+    not the parts that reading tries out, nor the images made for training).
     """
     record = record if record is not None else PreprocessRecord()
     rows, cols = np.nonzero(ink.max(1) > 0)[0], np.nonzero(ink.max(0) > 0)[0]
     if rows.size == 0:
         raise NoDigitError(f"{record.source}: no digit found")
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    crop = ink[y0:y1, x0:x1]
+    crop, grown, note = even_strokes(ink[y0:y1, x0:x1]) if even else (ink[y0:y1, x0:x1], 1.0, None)
+    if note:
+        record.notes.append(note)
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -357,7 +366,7 @@ def to_frame(ink: np.ndarray, record: PreprocessRecord | None = None, offset: tu
     s = record.working_scale
     ox, oy = offset
     record.bbox = tuple(int(round(v / s)) for v in (x0 + ox, y0 + oy, x1 + ox, y1 + oy))
-    record.scale = round(scale * s, 6)
+    record.scale = round(scale * grown * s, 6)
     record.shift = (left - (FRAME - size[0]) // 2, top - (FRAME - size[1]) // 2)
     return np.round(frame * 255).astype(np.uint8)
 
@@ -398,7 +407,7 @@ def preprocess_image(source, *, work_side: int = WORK_SIDE, limits: ImageLimits 
     ink = ink_map(grey, record)
     ink, record.lines_removed = remove_lines(ink)
     ink = drop_specks(ink, record)
-    return Preprocessed(to_frame(ink, record), record)
+    return Preprocessed(to_frame(ink, record, even=True), record)
 
 
 def load_image(path) -> np.ndarray:
