@@ -52,6 +52,7 @@ CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measur
 MIN_CONTRAST = 0.08  # paper: a change of light under 8% of the full range (20 grey levels) is no shadow
 MIN_INK = 0.05  # ink must differ from the paper by at least 5% of the full range (13 grey levels): faint pencil
 MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
+MIN_SHADOW_LIGHT = 0.3  # a shadow leaves at least 30% of the light on the paper; ink reflects far less
 SHADOW_SHRINK = 0.5  # a shadow: both polarities' closings leave under half the smooth fit's ink share
 LOCAL_SIDE = 128  # shadows: the closing runs on a copy this size ...
 LOCAL_ELEMENT = 0.25  # ... with an element this share of its longer side
@@ -94,18 +95,19 @@ def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray
     basis = _design(*small.shape, terms).reshape(-1, terms)
     z = small.reshape(-1).astype(np.float64)
     if paper is None:
+        known = np.ones(z.shape, bool)
         keep = np.abs(z - np.median(z)) < 2.5 * max(1.4826 * float(np.median(np.abs(z - np.median(z)))), 0.01)
     else:
-        keep = reduce_mask(paper, small.shape).reshape(-1)
+        known = keep = reduce_mask(paper, small.shape).reshape(-1)
     coef = np.zeros(terms)
     for _ in range(5):
         if keep.sum() < 4 * terms:
             break
         coef = least_squares(basis[keep], z[keep])
         resid = z - basis @ coef
-        # From known paper, the spread of the pixels kept so far: ink never sets the tolerance.
+        # From known paper, the spread of the pixels kept so far: ink never sets the tolerance, nor joins the fit.
         spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
-        keep = np.abs(resid) < 2.5 * spread
+        keep = known & (np.abs(resid) < 2.5 * spread)
     if not coef.any():
         return np.full_like(grey, float(np.median(grey)))
     return (_design(h, w, terms) @ coef).astype(np.float32)
@@ -171,15 +173,24 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
         # A shadow: under either polarity's closing, far less stands out than from the smooth fit. A tight
         # crop: its ink stays (under the right polarity) as much as it was.
         fits = {dark: _local_paper(grey, dark) for dark in (True, False)} if big else {}
-        if not fits or max(_minority(grey - fit) for fit in fits.values()) >= SHADOW_SHRINK * minority:
+        shadowed = fits and max(_minority(grey - fit) for fit in fits.values()) < SHADOW_SHRINK * minority
+        if shadowed:
+            inverted = _shadowed_polarity(grey, fits)
+            fit = _sharp_light(grey, fits[inverted], inverted)
+        if not shadowed or _light_left(fit) < MIN_SHADOW_LIGHT:  # a "shadow" as dark as ink is the ink
             paper = _two_classes(grey, record)
             return _background(grey, paper), paper
-        record.inverted = _shadowed_polarity(grey, fits)
-        fit = _sharp_light(grey, fits[record.inverted], record.inverted)
+        record.inverted = inverted
     record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
     if float(np.abs(fit - bg).max()) > MIN_CONTRAST:
         record.background = "shadowed (removed)"
     return fit, None
+
+
+def _light_left(fit: np.ndarray) -> float:
+    """How much light a shadow in the paper's surface leaves: its darkest over its lightest (1st and 99th percentile)."""
+    lo, hi = np.percentile(fit, [1, 99])
+    return float(lo) / max(float(hi), 1e-6)
 
 
 def _strong_ink(resid: np.ndarray, dark: bool) -> float:
@@ -228,8 +239,15 @@ def _sharp_light(grey: np.ndarray, local: np.ndarray, dark_ink: bool) -> np.ndar
 
 
 def _spread(resid: np.ndarray, paper: np.ndarray | None) -> float:
-    """Noise level of the paper, from the pixels closest to the background (or known to be paper)."""
-    noise = resid if paper is None or paper.sum() < 16 else resid[paper]
+    """Noise level of the paper, from the pixels closest to the background (or known to be paper).
+
+    Known paper in a tight crop is mostly the soft edges of strokes: there the noise is what is left
+    after a 3x3 mean (a smooth ramp leaves nothing; white noise keeps sqrt(8/9) of its spread).
+    """
+    if paper is None or paper.sum() < 16:
+        noise = resid
+    else:
+        noise = (resid - ndimage.uniform_filter(resid, 3))[paper] / np.sqrt(8 / 9)
     return 1.4826 * float(np.median(np.abs(noise - np.median(noise)))) + 1e-4
 
 
