@@ -423,6 +423,22 @@ def test_a_box_close_round_a_narrow_digit_is_removed(mnist):
         assert _corr(result.array, preprocess_image(page).array) > 0.9
 
 
+def test_a_thick_narrow_box_loses_its_short_sides_too(mnist):
+    """A 4 px box 3 px round a 1: its short sides are too thick for their length to be lines on their own,
+    but both their ends meet the ends of the long sides (a box's corners), so all four go."""
+    ones = mnist.train_images[mnist.train_labels == 1][:10].numpy()
+    for digit in ones:
+        page = _on_paper(digit, margin=0)
+        rows, cols = np.nonzero((page < 200).any(1))[0], np.nonzero((page < 200).any(0))[0]
+        boxed = np.pad(page, 20, constant_values=235)
+        top, bottom, left, right = rows[0] + 13, rows[-1] + 28, cols[0] + 13, cols[-1] + 28  # 3 px gap, 4 px sides
+        boxed[top : top + 4, left:right] = boxed[bottom - 4 : bottom, left:right] = 40
+        boxed[top:bottom, left : left + 4] = boxed[top:bottom, right - 4 : right] = 40
+        result = preprocess_image(boxed)
+        assert result.record.lines_removed == 4
+        assert _corr(result.array, preprocess_image(page).array) > 0.9
+
+
 def test_a_shadow_wedge_at_the_border_is_paper_not_ink(mnist):
     """A straight shadow whose edge meets the top at a sharp angle: its tip is narrower than any closing's
     element, yet it is paper (the edge is modelled), and the frame holds the digit alone."""

@@ -10,6 +10,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+THIN_LINE = 0.1  # a straight run is a line when its thickness is at most this share of its length ...
+BOX_SIDE = 0.25  # ... or up to this share, when both its ends meet a line across (a narrow box's short side)
+
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of values in 0-1 (the level that best separates two classes)."""
@@ -75,11 +78,13 @@ def square_opening(mask: np.ndarray, side: int) -> np.ndarray:
     return ndimage.maximum_filter(eroded, size=side, mode="constant", cval=0, origin=-1 if side % 2 == 0 else 0)
 
 
-def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
-    """Components of the long straight runs along ``axis`` (1: horizontal, 0: vertical) that are thin: (labels, count)."""
+def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The long straight runs along ``axis`` (1: horizontal, 0: vertical): (labels of the thin ones, labels of
+    the stubs: runs too thick for their length to be a line on their own, which only a box's corners make one)."""
     length = max(8, round(0.1 * mask.shape[axis]))
     runs = long_runs(mask, length, axis)
-    labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
+    labels, _ = ndimage.label(runs, structure=np.ones((3, 3), bool))
+    stubs = np.zeros_like(labels)
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         piece = labels[box] == i
         along = box[axis].stop - box[axis].start
@@ -88,11 +93,41 @@ def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
         core = _core(piece.sum(axis=axis), along)
         core_piece = piece & np.expand_dims(core, axis)
         thickness = float(core_piece.sum()) / along
-        if thickness > 0.1 * along:  # not thin: a bar of the digit
-            labels[box][piece] = 0
-        else:
-            labels[box][piece & ~core_piece] = 0
-    return labels, count
+        labels[box][piece & ~core_piece] = 0
+        if thickness > THIN_LINE * along:  # not thin: a bar of the digit, or the short side of a narrow box
+            labels[box][core_piece] = 0
+            if thickness <= BOX_SIDE * along:
+                stubs[box][core_piece] = i
+    return labels, stubs
+
+
+def _line_ends(labels: np.ndarray, axis: int) -> np.ndarray:
+    """Bool mask: the pixels at both ends of each line in ``labels`` running along ``axis`` (1: its first and last
+    columns, 0: rows), grown by 2 px."""
+    ends = np.zeros(labels.shape, bool)
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        line = labels == i
+        for end in (box[axis].start, box[axis].stop - 1):
+            index = [slice(None)] * 2
+            index[axis] = end
+            ends[tuple(index)] |= line[tuple(index)]
+    return ndimage.binary_dilation(ends, iterations=2)
+
+
+def _box_sides(stubs: np.ndarray, corners: np.ndarray, axis: int) -> np.ndarray:
+    """The stubs whose both ends meet the end of a thin line across (``corners``): a narrow box's short sides.
+    (A digit's own bar that touches a box's two sides meets them between their ends.)"""
+    sides = np.zeros(stubs.shape, bool)
+    for i, box in enumerate(ndimage.find_objects(stubs), start=1):
+        if box is None:
+            continue
+        stub = stubs == i
+        ends = (box[axis].start, box[axis].stop - 1)
+        if all((stub.take(end, axis=axis) & corners.take(end, axis=axis)).any() for end in ends):
+            sides |= stub
+    return sides
 
 
 def _core(counts: np.ndarray, along: int) -> np.ndarray:
@@ -139,7 +174,12 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     so they are kept. ``ink`` is float (H, W) in 0-1, ink bright; returns (ink, number of lines removed).
     """
     mask = ink > 0.35
-    found = [(axis, *_straight_lines(mask, axis)) for axis in (1, 0)]
+    lines = {axis: _straight_lines(mask, axis) for axis in (1, 0)}
+    ends = {axis: _line_ends(labels, axis) for axis, (labels, _) in lines.items()}
+    found = []
+    for axis, (labels, stubs) in lines.items():
+        labels = np.where(_box_sides(stubs, ends[1 - axis], axis), stubs, labels)  # one id per run either way
+        found.append((axis, labels, int(labels.max())))
     candidates = np.zeros_like(mask)
     for _, labels, _ in found:
         candidates |= labels > 0
