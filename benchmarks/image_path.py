@@ -90,7 +90,7 @@ def steps(folder: Path, limit: int) -> dict:
         ink = ink_map(grey, record)
         t2 = time.perf_counter()
         ink, record.lines_removed = remove_lines(ink)
-        to_frame(drop_specks(ink, record), record)
+        to_frame(drop_specks(ink, record), record, even=True)
         t3 = time.perf_counter()
         spent["decode"] += t1 - t0
         spent["ink"] += t2 - t1

@@ -175,10 +175,11 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     """
     mask = ink > 0.35
     lines = {axis: _straight_lines(mask, axis) for axis in (1, 0)}
-    ends = {axis: _line_ends(labels, axis) for axis, (labels, _) in lines.items()}
     found = []
     for axis, (labels, stubs) in lines.items():
-        labels = np.where(_box_sides(stubs, ends[1 - axis], axis), stubs, labels)  # one id per run either way
+        across = lines[1 - axis][0]
+        if stubs.any() and across.any():
+            labels = np.where(_box_sides(stubs, _line_ends(across, 1 - axis), axis), stubs, labels)  # one id per run
         found.append((axis, labels, int(labels.max())))
     candidates = np.zeros_like(mask)
     for _, labels, _ in found:
