@@ -166,9 +166,12 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
         fit = bg
         if big:
             local = _local_paper(grey, record.inverted)
-            # Where the light changes sharply (a shadow's edge crosses the page), nothing smooth fits it.
+            # Where the light changes sharply (a shadow's edge crosses the page), nothing smooth fits it, and
+            # the side the smooth fit leaves brighter may be lit paper, not ink: a straight edge decides.
             if float(np.percentile(np.abs(local - bg), 90)) > MIN_CONTRAST:
-                fit = _sharp_light(grey, local, record.inverted)
+                fits = {record.inverted: local, not record.inverted: _local_paper(grey, not record.inverted)}
+                record.inverted = _shadowed_polarity(grey, fits, otherwise=record.inverted)
+                fit = _sharp_light(grey, fits[record.inverted], record.inverted)
     else:
         # A shadow: under either polarity's closing, far less stands out than from the smooth fit. A tight
         # crop: its ink stays (under the right polarity) as much as it was.
@@ -215,13 +218,13 @@ def _local_paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
     return (ndimage.minimum_filter if dark_ink else ndimage.maximum_filter)(local, size=reach)
 
 
-def _shadowed_polarity(grey: np.ndarray, fits: dict[bool, np.ndarray]) -> bool:
+def _shadowed_polarity(grey: np.ndarray, fits: dict[bool, np.ndarray], otherwise: bool | None = None) -> bool:
     """Dark ink? On a page a shadow covers: the ink that stands out from a straight shadow's edge fitted to
     the pixels both polarities' closings agree on (far from any stroke), or, when no straight edge
-    explains the light, whether the paper (most of what is left) is light."""
+    explains the light, ``otherwise`` or (None) whether the paper (most of what is left) is light."""
     edge = straight_shadow(grey, np.abs(fits[True] - fits[False]) < 0.5 * MIN_CONTRAST)
     if edge is None:
-        return float(np.median(grey)) > 0.5
+        return float(np.median(grey)) > 0.5 if otherwise is None else otherwise
     resid = grey - edge
     return _strong_ink(resid, True) > _strong_ink(resid, False)
 
