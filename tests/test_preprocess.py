@@ -651,3 +651,18 @@ def test_a_lamps_spot_is_lit_paper_not_ink(mnist):
         except NoDigitError:
             wrong += 1
     assert wrong <= 0.25 * len(digits), wrong
+
+
+def test_ruled_lines_joined_through_a_stroke_all_go(mnist):
+    """Ruled lines as dark as the ink, close enough that a stroke crossing them joins them into one straight
+    run component: each line is taken out, not only the fullest one."""
+    corrs, kept = [], 0
+    sevens = mnist.train_images[mnist.train_labels == 7][:10].numpy()
+    for digit in sevens:
+        page = _on_paper(digit)
+        ruled = page.copy()
+        ruled[4::16, :] = ruled[5::16, :] = 40  # 2 px lines every 16 px, as dark as the ink
+        result = preprocess_image(ruled)
+        kept += result.record.lines_removed < len(range(4, page.shape[0], 16))
+        corrs.append(_corr(result.array, preprocess_image(page).array))
+    assert kept <= 1 and np.median(corrs) > 0.85, (kept, np.median(corrs))  # where a line crossed, a stroke is a guess

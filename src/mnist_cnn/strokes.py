@@ -83,21 +83,24 @@ def _straight_lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray
     the stubs: runs too thick for their length to be a line on their own, which only a box's corners make one)."""
     length = max(8, round(0.1 * mask.shape[axis]))
     runs = long_runs(mask, length, axis)
-    labels, _ = ndimage.label(runs, structure=np.ones((3, 3), bool))
+    labels, count = ndimage.label(runs, structure=np.ones((3, 3), bool))
     stubs = np.zeros_like(labels)
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         piece = labels[box] == i
         along = box[axis].stop - box[axis].start
-        # A stroke that touches the line (a digit written against a form's box) joins its component: the
-        # line is the rows (columns) that run most of the component's length; the stroke's pixels are not.
-        core = _core(piece.sum(axis=axis), along)
-        core_piece = piece & np.expand_dims(core, axis)
-        thickness = float(core_piece.sum()) / along
-        labels[box][piece & ~core_piece] = 0
-        if thickness > THIN_LINE * along:  # not thin: a bar of the digit, or the short side of a narrow box
-            labels[box][core_piece] = 0
-            if thickness <= BOX_SIDE * along:
-                stubs[box][core_piece] = i
+        labels[box][piece] = 0
+        # A stroke that touches the line (a digit written against a form's box, or crossing ruled lines)
+        # joins its component: each line is a block of rows (columns) that run most of the component's
+        # length; the stroke's pixels are not.
+        blocks, n = _cores(piece.sum(axis=axis), along)
+        for block in range(1, n + 1):
+            core_piece = piece & np.expand_dims(blocks == block, axis)
+            thickness = float(core_piece.sum()) / along
+            line = i if block == 1 else (count := count + 1)  # one id per line
+            if thickness <= THIN_LINE * along:
+                labels[box][core_piece] = line
+            elif thickness <= BOX_SIDE * along:  # a bar of the digit, or the short side of a narrow box
+                stubs[box][core_piece] = line
     return labels, stubs
 
 
@@ -130,12 +133,11 @@ def _box_sides(stubs: np.ndarray, corners: np.ndarray, axis: int) -> np.ndarray:
     return sides
 
 
-def _core(counts: np.ndarray, along: int) -> np.ndarray:
-    """The rows (columns) of a line: the block round the fullest one where each runs half the length or more
-    (a stroke that touches the line adds pixels to a few rows, far shorter)."""
-    full = counts >= 0.5 * along
-    blocks, _ = ndimage.label(full)
-    return blocks == blocks[int(np.argmax(counts))]
+def _cores(counts: np.ndarray, along: int) -> tuple[np.ndarray, int]:
+    """The lines of a component: (labels of the blocks of rows (columns) that each run half its length or
+    more, count). A stroke that touches a line adds pixels to a few rows, far shorter."""
+    blocks, n = ndimage.label(counts >= 0.5 * along)
+    return blocks, int(n)
 
 
 def _crossings(rest: np.ndarray, axis: int, reach: int) -> np.ndarray:
