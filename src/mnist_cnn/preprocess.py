@@ -45,9 +45,9 @@ from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .shadow import least_squares, straight_shadow
 from .strokes import long_runs, otsu, polarity_evidence, reduce_mask, remove_lines, square_opening
-from .thickness import even_strokes
+from .thickness import BOX, even_strokes, resize_longer
 
-BOX, FRAME = 20, 28  # MNIST: the longer side of the digit is 20 px, in a 28x28 frame
+FRAME = 28  # MNIST: the digit, its longer side BOX (20) px, in a 28x28 frame
 CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measured on the training set)
 MIN_CONTRAST = 0.08  # paper: a change of light under 8% of the full range (20 grey levels) is no shadow
 MIN_INK = 0.05  # ink must differ from the paper by at least 5% of the full range (13 grey levels): faint pencil
@@ -176,7 +176,7 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
         # A shadow: under either polarity's closing, far less stands out than from the smooth fit. A tight
         # crop: its ink stays (under the right polarity) as much as it was.
         fits = {dark: _local_paper(grey, dark) for dark in (True, False)} if big else {}
-        shadowed = fits and max(_minority(grey - fit) for fit in fits.values()) < SHADOW_SHRINK * minority
+        shadowed = bool(fits) and max(_minority(grey - fit) for fit in fits.values()) < SHADOW_SHRINK * minority
         if shadowed:
             inverted = _shadowed_polarity(grey, fits)
             fit = _sharp_light(grey, fits[inverted], inverted)
@@ -368,13 +368,9 @@ def to_frame(
     crop, grown, note = even_strokes(ink[y0:y1, x0:x1]) if even else (ink[y0:y1, x0:x1], 1.0, None)
     if note:
         record.notes.append(note)
-    h, w = crop.shape
-    scale = BOX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # Pillow's filters widen with the reduction factor, so shrinking averages (anti-aliases)
-    # instead of skipping pixels; growing a tiny digit interpolates.
-    resized = np.asarray(Image.fromarray(crop, "F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    resized = np.clip(resized, 0, 1)
+    scale = BOX / max(crop.shape)
+    resized = np.clip(resize_longer(crop, BOX), 0, 1)
+    size = resized.shape[::-1]
     total = float(resized.sum())
     if total <= 0:
         raise NoDigitError(f"{record.source}: no digit found")

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-BOX = 20  # MNIST: the longer side of the digit is 20 px; widths are in px of that box
+BOX = 20  # MNIST: the longer side of the digit is 20 px (widths here are in px of that box)
 STROKE_SIDE = 80  # px: strokes are measured (and widened) with the digit's longer side at this size
 THIN_STROKE, STROKE = 1.7, 2.0  # px in MNIST's 20-px box: MNIST's thinnest 5% of strokes, and its lower quartile ...
 THICK_STROKE, BOLD_STROKE = 3.6, 3.1  # ... its boldest 4%, and its boldest 10%
@@ -20,7 +20,10 @@ BLOT = 5.5  # ... and "strokes" wider than this (MNIST's boldest 0.1%; a dot, a 
 STROKE_TOLERANCE = 0.25  # px in the 20-px box: an evened stroke this close to its target is left
 
 
-def _resize_longer(crop: np.ndarray, side: int) -> np.ndarray:
+def resize_longer(crop: np.ndarray, side: int) -> np.ndarray:
+    """``crop`` (float) with its longer side scaled to ``side`` px, aspect kept, each side at least 1 px.
+    Pillow's filters widen with the reduction factor, so shrinking averages (anti-aliases) instead of
+    skipping pixels; growing interpolates."""
     h, w = crop.shape
     scale = side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -34,7 +37,7 @@ def stroke_width(ink: np.ndarray) -> float:
     5%), 2.3 (median) and 3.1 (thickest 10%); a stroke thinner than a pixel at the measuring size
     reads as that pixel.
     """
-    big = np.pad(_resize_longer(ink, STROKE_SIDE), 1)
+    big = np.pad(resize_longer(ink, STROKE_SIDE), 1)
     gy, gx = np.gradient(big)
     outline = float(np.hypot(gx, gy).sum())
     return 2 * float(big.sum()) / max(outline, 1e-6) * BOX / STROKE_SIDE
@@ -83,13 +86,13 @@ def even_strokes(crop: np.ndarray) -> tuple[np.ndarray, float, str | None]:
     if THIN_STROKE <= width <= THICK_STROKE or width > BLOT:
         return crop, 1.0, None
     target = STROKE if width < THIN_STROKE else BOLD_STROKE
-    big = _resize_longer(crop, STROKE_SIDE)
+    big = resize_longer(crop, STROKE_SIDE)
     grown = big.shape[0] / crop.shape[0]
     evened = _restroke(big, width, target)
     left = stroke_width(evened) if evened.max() > 0 else target
     if abs(left - target) > STROKE_TOLERANCE:
         grown *= STROKE_SIDE / max(evened.shape)
-        evened = _restroke(_resize_longer(evened, STROKE_SIDE), left, target)
+        evened = _restroke(resize_longer(evened, STROKE_SIDE), left, target)
     if evened.max() <= 0:  # eroded away: the strokes were no strokes; keep what was found
         return crop, 1.0, None
     return evened, grown, f"stroke width evened ({width:.1f} -> {target} px in the 20-px box)"
