@@ -6,7 +6,7 @@ import torch
 
 from mnist_cnn.config import RECIPES, TrainConfig
 from mnist_cnn.inference import Classifier
-from mnist_cnn.synthetic import NOT_DIGIT_KINDS, digit_parts, not_digits, photographed, training_fonts
+from mnist_cnn.synthetic import NOT_DIGIT_KINDS, _draw_not_digit, digit_parts, not_digits, photographed, training_fonts
 from mnist_cnn.train import reject_tensor, train_run
 
 
@@ -150,7 +150,24 @@ def test_not_digit_kinds_are_checked_and_letters_come_from_sans_fonts_only():
     fonts = [f.rsplit("/", 1)[-1] for f in training_fonts()]
     assert "DejaVuSans.ttf" in fonts and "DejaVuSansMono.ttf" in fonts
     assert not any("Serif" in f or "STIX" in f or "Display" in f for f in fonts)  # held out for evaluation
-    assert set(NOT_DIGIT_KINDS) >= {"dot", "dash", "cross", "scribble", "smudge", "letter", "noise"}
+    assert set(NOT_DIGIT_KINDS) >= {"dot", "dash", "cross", "scribble", "scratch", "coil", "smudge", "letter", "noise"}
+
+
+def _crossings(line: np.ndarray) -> int:
+    """How many separate runs of ink a row or column of coverage crosses."""
+    ink = line > 0.5
+    return int(ink[0]) + int((ink[1:] & ~ink[:-1]).sum())
+
+
+def test_a_crossing_out_has_many_passes_and_a_coil_many_loops():
+    """Not a Z (a 2 or a 7 to the model) and not a 0 or an 8: junk that looks like no digit."""
+    rng, fonts = np.random.default_rng(3), training_fonts()
+    for _ in range(10):
+        scratch = _draw_not_digit("scratch", 120, rng, fonts)
+        assert _crossings(scratch[:, 60]) >= 5  # a vertical line through the middle meets 5+ passes
+        coil = _draw_not_digit("coil", 120, rng, fonts)
+        rows, cols = np.nonzero(coil > 0.5)
+        assert max(_crossings(coil[r]) for r in range(rows.min(), rows.max() + 1)) >= 4
 
 
 def test_not_digits_join_the_reject_images(mnist):

@@ -132,8 +132,8 @@ class TrainConfig:
     not_digits: int = field(
         default=0,
         metadata=_help(
-            "this many generated not-digits (dots, dashes, crosses, scribbles, smudges, letters, near-blank"
-            " pages; mnist_cnn.synthetic.not_digits) join the images --reject-weight teaches the model to be"
+            "this many generated not-digits (dots, dashes, crosses, scribbles, crossings-out, coils, smudges,"
+            " letters, near-blank pages; mnist_cnn.synthetic.not_digits) join the images --reject-weight teaches the model to be"
             ' unsure of, so junk gets "not sure" instead of a confident digit (about 10 ms each, once,'
             " before training; needs --reject-weight)"
         ),

@@ -254,7 +254,7 @@ def digit_parts(digits28: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- not-digits
 
-NOT_DIGIT_KINDS = ("dot", "dash", "cross", "scribble", "smudge", "letter", "noise")
+NOT_DIGIT_KINDS = ("dot", "dash", "cross", "scribble", "scratch", "coil", "smudge", "letter", "noise")
 # Capitals, small letters and signs that look like no digit (no O, I, l, S, Z, B, G, b, q, g, T, L, J, &).
 NOT_DIGIT_LETTERS = "AEFHKMNRWXehkmnrwx#%@*+"
 
@@ -283,6 +283,36 @@ def _random_points(size: int, count: int, rng: np.random.Generator) -> list[tupl
     return [tuple(p) for p in rng.uniform(0.1 * size, 0.9 * size, (count, 2))]
 
 
+def _scratch_points(size: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """A crossing-out: the pen goes back and forth across the page 6-11 times, each pass a little lower
+    (fewer passes would draw a Z, too close to a 2 or a 7)."""
+    passes, tilt = int(rng.integers(6, 12)), rng.uniform(-0.3, 0.3)
+    left, right = size * rng.uniform(0.1, 0.3), size * rng.uniform(0.7, 0.9)
+    rows = np.linspace(size * rng.uniform(0.15, 0.35), size * rng.uniform(0.65, 0.85), passes)
+    rows = rows + rng.normal(0, 0.03 * size, passes)
+    return [
+        ((right if i % 2 else left), y + tilt * ((right if i % 2 else left) - size / 2)) for i, y in enumerate(rows)
+    ]
+
+
+def _coil_points(size: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """A doodled coil: 3-7 loops drawn while the pen drifts sideways (or a spiral, one in three)."""
+    turns = rng.uniform(3, 7)
+    t = np.linspace(0, 2 * np.pi * turns, int(turns * 24))
+    c = size / 2
+    if rng.random() < 1 / 3:  # a spiral from the centre out
+        r = size * 0.4 * t / t[-1]
+        x, y = c + r * np.cos(t), c + r * np.sin(t)
+    else:
+        r = size * rng.uniform(0.12, 0.25)
+        x = c + size * 0.35 * np.linspace(-1, 1, len(t)) + r * np.cos(t)
+        y = c + r * rng.uniform(0.8, 1.6) * np.sin(t)
+    angle = rng.uniform(-0.5, 0.5)
+    xr = c + (x - c) * np.cos(angle) - (y - c) * np.sin(angle)
+    yr = c + (x - c) * np.sin(angle) + (y - c) * np.cos(angle)
+    return list(zip(np.clip(xr, 0, size - 1).tolist(), np.clip(yr, 0, size - 1).tolist(), strict=True))
+
+
 def _draw_not_digit(kind: str, size: int, rng: np.random.Generator, fonts: list[str]) -> np.ndarray:
     """Ink coverage (size, size) float32 in 0-1 of one not-digit of ``kind``, drawn with a pen of random width."""
     from PIL import ImageDraw, ImageFont
@@ -303,6 +333,9 @@ def _draw_not_digit(kind: str, size: int, rng: np.random.Generator, fonts: list[
             draw.line([(c - dx, c - dy), (c + dx, c + dy)], fill=255, width=width)
     elif kind == "scribble":  # a tangle of many strokes
         draw.line(_random_points(size, int(rng.integers(6, 14)), rng), fill=255, width=width, joint="curve")
+    elif kind in ("scratch", "coil"):  # a crossing-out, loops doodled in a row, a spiral
+        points = _scratch_points(size, rng) if kind == "scratch" else _coil_points(size, rng)
+        draw.line(points, fill=255, width=max(1, width // 3), joint="curve")
     elif kind == "smudge":  # soft overlapping blobs, as a rubbed-out mark or a fingerprint
         for x, y in _random_points(size, int(rng.integers(2, 6)), rng):
             r = size * rng.uniform(0.08, 0.25)
