@@ -13,6 +13,7 @@ import os
 import statistics
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,10 +59,20 @@ def frame_or_error(path: Path) -> np.ndarray | MnistCnnError:
         return MnistCnnError(str(exc))
 
 
-def frames(paths: list[Path], workers: int) -> Iterator[tuple[Path, np.ndarray | MnistCnnError]]:
-    """(path, frame or error) for every path, in order; ``workers`` 0 or 1 works in this process."""
+@contextmanager
+def framing(paths: list[Path], workers: int) -> Iterator[Iterator[tuple[Path, np.ndarray | MnistCnnError]]]:
+    """Start preprocessing ``paths`` and give (path, frame or error) for each, in order; ``workers`` 0 or 1
+    works in this process, as the iterator is read.
+
+    A pool's workers start at once, so their start and their first files overlap what the caller does
+    meanwhile (``predict`` loads the model: about a second of one core). Leaving the block early cancels
+    the files not yet begun, so an error (a damaged model folder) is reported without waiting for them.
+    """
     if workers <= 1:
-        yield from ((path, frame_or_error(path)) for path in paths)
+        yield ((path, frame_or_error(path)) for path in paths)
         return
-    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from zip(paths, pool.map(frame_or_error, paths, chunksize=CHUNK), strict=True)
+    pool = ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield zip(paths, pool.map(frame_or_error, paths, chunksize=CHUNK), strict=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -188,10 +188,15 @@ def _batch(args, columns: list[str], outcomes) -> int:
 
 
 def _classifier(args):
+    _choose_model(args)
+    return _load_classifier(args)
+
+
+def _load_classifier(args):
+    """The model ``_choose_model`` named in ``args.run``, on the runtime and threads the flags ask for."""
     from ..inference import load_model
     from ..runtime import configure_threads
 
-    _choose_model(args)
     configure_threads(args.threads)
     return load_model(
         args.run,
@@ -207,16 +212,18 @@ def cmd_predict(args) -> int:
 
     Files are preprocessed by a pool of worker processes when there are many (``--workers``) and go
     through the model in batches of ``MODEL_BATCH``."""
-    from ..parallel import default_workers, frames
+    from ..parallel import default_workers, framing
 
     _check_min_confidence(args)
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
-    clf = _classifier(args)
+    _choose_model(args)
     workers = default_workers(args.images) if args.workers is None else args.workers
     columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "uncertain", "not_a_digit", "no_digit",
                "error"]  # fmt: skip
-    return _batch(args, columns, _predictions(clf, frames(args.images, workers), args.min_confidence))
+    with framing(args.images, workers) as outcomes:  # the workers start while the model loads
+        clf = _load_classifier(args)
+        return _batch(args, columns, _predictions(clf, outcomes, args.min_confidence))
 
 
 MODEL_BATCH = 256  # frames per call of the model when predicting many files
