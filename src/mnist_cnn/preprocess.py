@@ -72,10 +72,23 @@ class Preprocessed:
 # ----------------------------------------------------------------------------- ink
 
 
+def _axes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates from -0.5 to 0.5: (H, 1) and (1, W)."""
+    return (np.arange(h, dtype=np.float64)[:, None] / max(h - 1, 1) - 0.5,
+            np.arange(w, dtype=np.float64)[None, :] / max(w - 1, 1) - 0.5)  # fmt: skip
+
+
 def _design(h: int, w: int, terms: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    yy, xx = yy / max(h - 1, 1) - 0.5, xx / max(w - 1, 1) - 0.5
+    """The surface's terms at every pixel, (H, W, terms): 1, x, y, x^2, xy, y^2 (the first ``terms``)."""
+    yy, xx = np.broadcast_arrays(*_axes(h, w))
     return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
+
+
+def _surface(h: int, w: int, coef: np.ndarray) -> np.ndarray:
+    """``_design(h, w, len(coef)) @ coef`` without the (H, W, terms) array: float32 (H, W)."""
+    yy, xx = _axes(h, w)
+    terms = [1.0, xx, yy, xx * xx, xx * yy, yy * yy][: len(coef)]
+    return sum(c * t for c, t in zip(coef, terms, strict=True)) + np.zeros((h, w))
 
 
 def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
@@ -110,7 +123,7 @@ def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray
         keep = known & (np.abs(resid) < 2.5 * spread)
     if not coef.any():
         return np.full_like(grey, float(np.median(grey)))
-    return (_design(h, w, terms) @ coef).astype(np.float32)
+    return _surface(h, w, coef).astype(np.float32)
 
 
 def _minority(resid: np.ndarray) -> float:
