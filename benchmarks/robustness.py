@@ -54,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"only these sets (default: all): {', '.join(suite_names())}")  # fmt: skip
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="processes that make and preprocess the images (default: one per core)")  # fmt: skip
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also score each model with test-time augmentation (5 views, torch runtime), as `predict --tta`",
+    )
     p.add_argument("--json-out", type=Path, default=None, help="also write the JSON result to this file")
     p.add_argument("--data-dir", default=None, help="MNIST folder (default: $MNIST_CNN_DATA, else the cache)")
     args = p.parse_args(argv)
@@ -133,6 +138,8 @@ def _cpu_seconds() -> float:
 
 def run(args) -> dict:
     classifiers = {r: mnist_cnn.load_model(r) for r in args.runs}
+    if args.tta:
+        classifiers |= {f"{r} --tta": mnist_cnn.load_model(r, tta=True) for r in args.runs}
     data = mnist_cnn.load_mnist(args.data_dir, download=False)
     images, labels = source_digits(classifiers, data, args.digits_from)
     idx = np.random.default_rng(args.seed).permutation(len(images))[: args.per_corruption]
