@@ -290,9 +290,8 @@ def _scratch_points(size: int, rng: np.random.Generator) -> list[tuple[float, fl
     left, right = size * rng.uniform(0.1, 0.3), size * rng.uniform(0.7, 0.9)
     rows = np.linspace(size * rng.uniform(0.15, 0.35), size * rng.uniform(0.65, 0.85), passes)
     rows = rows + rng.normal(0, 0.03 * size, passes)
-    return [
-        ((right if i % 2 else left), y + tilt * ((right if i % 2 else left) - size / 2)) for i, y in enumerate(rows)
-    ]
+    ends = [right if i % 2 else left for i in range(passes)]
+    return [(x, y + tilt * (x - size / 2)) for x, y in zip(ends, rows, strict=True)]
 
 
 def _coil_points(size: int, rng: np.random.Generator) -> list[tuple[float, float]]:
