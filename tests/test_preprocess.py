@@ -20,6 +20,7 @@ from mnist_cnn.preprocess import (
     ImageLimits,
     NoDigitError,
     decode_image,
+    drop_specks,
     find_images,
     load_image,
     preprocess_image,
@@ -582,6 +583,16 @@ def test_digits_in_mnists_stroke_band_are_framed_as_before(mnist):
     for digit in ordinary:
         notes = preprocess_image(_pen(digit, 0)).record.notes
         assert not any("stroke width" in n for n in notes), notes
+
+
+def test_a_pen_s_small_break_stays_with_the_digit_and_dust_apart_goes():
+    """A tiny piece 2 px from the stroke (a fine pen skipping) is kept; the same piece 12 px away is dust."""
+    ink = np.zeros((100, 100), np.float32)
+    ink[20:80, 48:52] = 1.0  # a 1: 240 px of ink
+    ink[82:84, 49:51] = 1.0  # 4 px, under 3% of the stroke, 2 px below its end
+    ink[50:52, 64:66] = 1.0  # the same, 12 px beside it
+    kept = drop_specks(ink)
+    assert kept[82:84, 49:51].all() and not kept[50:52, 64:66].any()
 
 
 def test_faint_pencil_is_a_digit_and_fainter_marks_are_not(mnist):

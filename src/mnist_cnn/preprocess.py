@@ -43,8 +43,9 @@ from .errors import ImageError as ImageError
 from .errors import MissingImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
-from .shadow import least_squares, straight_shadow
-from .strokes import long_runs, otsu, polarity_evidence, reduce_mask, remove_lines, square_opening
+from .shadow import straight_shadow
+from .strokes import long_runs, otsu, polarity_evidence, remove_lines, square_opening
+from .surface import background
 from .thickness import BOX, even_strokes, resize_longer
 
 FRAME = 28  # MNIST: the digit, its longer side BOX (20) px, in a 28x28 frame
@@ -52,6 +53,7 @@ CENTRE = 14.0  # where MNIST's centre of mass sits (row and column index; measur
 MIN_CONTRAST = 0.08  # paper: a change of light under 8% of the full range (20 grey levels) is no shadow
 MIN_INK = 0.05  # ink must differ from the paper by at least 5% of the full range (13 grey levels): faint pencil
 MAX_INK_SHARE = 0.2  # ink on more of the image than this (a tight crop): no paper majority to fit to
+NEAR_PIECE = 3.0  # px at working resolution: a piece of ink this close to the digit's is part of it (a pen's break)
 MIN_SHADOW_LIGHT = 0.3  # a shadow leaves at least 30% of the light on the paper; ink reflects far less
 SHADOW_SHRINK = 0.5  # a shadow: both polarities' closings leave under half the smooth fit's ink share
 LOCAL_SIDE = 128  # shadows: the closing runs on a copy this size ...
@@ -72,60 +74,6 @@ class Preprocessed:
 # ----------------------------------------------------------------------------- ink
 
 
-def _axes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column coordinates from -0.5 to 0.5: (H, 1) and (1, W)."""
-    return (np.arange(h, dtype=np.float64)[:, None] / max(h - 1, 1) - 0.5,
-            np.arange(w, dtype=np.float64)[None, :] / max(w - 1, 1) - 0.5)  # fmt: skip
-
-
-def _design(h: int, w: int, terms: int) -> np.ndarray:
-    """The surface's terms at every pixel, (H, W, terms): 1, x, y, x^2, xy, y^2 (the first ``terms``)."""
-    yy, xx = np.broadcast_arrays(*_axes(h, w))
-    return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
-
-
-def _surface(h: int, w: int, coef: np.ndarray) -> np.ndarray:
-    """``_design(h, w, len(coef)) @ coef`` without the (H, W, terms) array: float32 (H, W)."""
-    yy, xx = _axes(h, w)
-    terms = [1.0, xx, yy, xx * xx, xx * yy, yy * yy][: len(coef)]
-    return sum(c * t for c, t in zip(coef, terms, strict=True)) + np.zeros((h, w))
-
-
-def _background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
-    """A smooth estimate of the paper: a surface fitted to the pixels that are not ink.
-
-    Fitted on a reduced copy with iterative outlier rejection (ink is the outlier, on either side):
-    a quadratic surface for page-sized images, a plane for digit-sized ones (too few pixels to
-    tell a curved light from the digit's shape), a constant for tiny ones. Without ``paper`` (a
-    bool (H, W) mask of pixels known to be paper) the fit starts from the median, which assumes
-    that the paper is the majority of the pixels; with it, the fit starts from those pixels.
-    """
-    h, w = grey.shape
-    if min(h, w) < 16:
-        return np.full_like(grey, float(np.median(grey if paper is None or not paper.any() else grey[paper])))
-    terms = 6 if min(h, w) >= 48 else 3
-    small, _ = downscale(grey, 96)
-    basis = _design(*small.shape, terms).reshape(-1, terms)
-    z = small.reshape(-1).astype(np.float64)
-    if paper is None:
-        known = np.ones(z.shape, bool)
-        keep = np.abs(z - np.median(z)) < 2.5 * max(1.4826 * float(np.median(np.abs(z - np.median(z)))), 0.01)
-    else:
-        known = keep = reduce_mask(paper, small.shape).reshape(-1)
-    coef = np.zeros(terms)
-    for _ in range(5):
-        if keep.sum() < 4 * terms:
-            break
-        coef = least_squares(basis[keep], z[keep])
-        resid = z - basis @ coef
-        # From known paper, the spread of the pixels kept so far: ink never sets the tolerance, nor joins the fit.
-        spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
-        keep = known & (np.abs(resid) < 2.5 * spread)
-    if not coef.any():
-        return np.full_like(grey, float(np.median(grey)))
-    return _surface(h, w, coef).astype(np.float32)
-
-
 def _minority(resid: np.ndarray) -> float:
     """Share of the smaller side of Otsu's split of a residual: about the ink's share when the paper is flat."""
     lo, hi = float(resid.min()), float(resid.max())
@@ -137,7 +85,7 @@ def _minority(resid: np.ndarray) -> float:
 
 def _flat_paper(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The paper-majority fit: (surface, residual, share of the residual's minority side by Otsu's split)."""
-    bg = _background(grey)
+    bg = background(grey)
     resid = grey - bg
     return bg, resid, _minority(resid)
 
@@ -195,7 +143,7 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
             fit = _sharp_light(grey, fits[inverted], inverted)
         if not shadowed or _light_left(fit) < MIN_SHADOW_LIGHT:  # a "shadow" as dark as ink is the ink
             paper = _two_classes(grey, record)
-            return _background(grey, paper), paper
+            return background(grey, paper), paper
         record.inverted = inverted
     record.polarity = f"{'dark' if record.inverted else 'light'} ink (the paper is most of the image)"
     if float(np.abs(fit - bg).max()) > MIN_CONTRAST:
@@ -337,6 +285,31 @@ def components(ink: np.ndarray, level: float = 0.35) -> tuple[np.ndarray, int]:
     return labels, int(count)
 
 
+def _join_near(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``keep`` (per label, 0 = background) with the pieces within ``NEAR_PIECE`` px of kept ink added,
+    twice over (a stroke broken in several places): a fine or faint pen's breaks, not dust."""
+    reach = int(np.ceil(NEAR_PIECE)) + 1
+    for _ in range(2):
+        if keep[1:].all():
+            break
+        kept = keep[labels]
+        rows, cols = np.nonzero(kept.any(1))[0], np.nonzero(kept.any(0))[0]
+        box = (
+            slice(max(rows[0] - reach, 0), rows[-1] + reach + 1),
+            slice(max(cols[0] - reach, 0), cols[-1] + reach + 1),
+        )
+        inside = np.zeros(len(keep), bool)  # pieces outside the box are out of reach
+        inside[np.unique(labels[box])] = True
+        distance = ndimage.distance_transform_edt(~kept[box])
+        nearest = np.atleast_1d(ndimage.minimum(distance, labels[box], np.arange(1, len(keep))))
+        near = (nearest <= NEAR_PIECE) & inside[1:] & ~keep[1:]
+        if not near.any():
+            break
+        keep = keep.copy()
+        keep[1:] |= near
+    return keep
+
+
 def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.ndarray:
     """Keep the digit's pieces; remove small blobs of dust or noise well apart from it."""
     labels, count = components(ink)
@@ -353,6 +326,7 @@ def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.n
         gap = max(by0 - sy.stop, sy.start - by1, bx0 - sx.stop, sx.start - bx1, 0)
         ratio = mass[i] / mass[big]
         keep[i + 1] = ratio >= 0.2 or (ratio >= 0.03 and gap <= reach)
+    keep = _join_near(labels, keep)
     if record is not None:
         record.specks_removed = int(count - keep[1:].sum())
     # Pixels below the component level (faint edges) follow the nearest kept component.
