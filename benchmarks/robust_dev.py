@@ -10,7 +10,7 @@ never trained on. Test digits are not read at all.
     python benchmarks/robust_dev.py runs/robust-a runs/robust-b --digits 2000 --not-digits 700
 
 Prints one JSON object per model. ``rejected`` is the share whose top probability is below
-``--min-confidence`` (the default of ``read`` and ``predict``).
+``--min-confidence`` (the default of ``read`` and ``predict``) or that the model's digit gate refuses.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mnist_cnn.calibrate import validation_split
 from mnist_cnn.config import DEFAULT_MIN_CONFIDENCE, validation_of
 from mnist_cnn.data import load_mnist
 from mnist_cnn.inference import load_model
+from mnist_cnn.inputs import as_mnist_images
 from mnist_cnn.preprocess import NoDigitError, preprocess_image
 from mnist_cnn.synthetic import not_digits, photographed
 
@@ -74,13 +75,21 @@ def other_writers(count: int) -> tuple[np.ndarray, np.ndarray]:
 def measure(clf, sets: dict, junk: np.ndarray, min_confidence: float) -> dict:
     out = {}
     for name, (x, y) in sets.items():
-        p = clf.predict_proba(x)
-        out[name] = {"accuracy": round(float((p.argmax(1) == y).mean()), 4),
-                     "rejected": round(float((p.max(1) < min_confidence).mean()), 4)}  # fmt: skip
+        p, refused = answers(clf, x, min_confidence)
+        out[name] = {
+            "accuracy": round(float((p.argmax(1) == y).mean()), 4),
+            "rejected": round(float(refused.mean()), 4),
+        }
     corrupted = [v["accuracy"] for k, v in out.items() if k not in ("validation", "other writers")]
     out["corrupted mean"] = round(float(np.mean(corrupted)), 4)
-    out["not-digits rejected"] = round(float((clf.predict_proba(junk).max(1) < min_confidence).mean()), 4)
+    out["not-digits rejected"] = round(float(answers(clf, junk, min_confidence)[1].mean()), 4)
     return out
+
+
+def answers(clf, images: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities, and which images are refused: unsure, or not a digit by the model's digit gate."""
+    probs, passes = clf.frame_answers(as_mnist_images(images))
+    return probs, (probs.max(1) < min_confidence) | ~passes
 
 
 def main() -> None:

@@ -42,7 +42,9 @@ def test_the_default_model_loads_with_no_path():
     assert (folder / "model.safetensors").stat().st_size < default_model.MAX_BYTES
     made = config["default_model"]
     assert made["name"] and config["recipe"] and made["trained_at_commit"]
-    assert made["training_commands"][-1].startswith(f"mnist-cnn train --recipe {config['recipe']} ")
+    *trained, gated = made["training_commands"]
+    assert trained[-1].startswith(f"mnist-cnn train --recipe {config['recipe']} ")
+    assert gated == f"mnist-cnn gate runs/{made['name']}" and clf.gate is not None  # "is this a digit?"
     leaked = [s for s in strings(config) if ABSOLUTE_PATH.search(s)]
     assert not leaked, f"the shipped config.json names folders of the machine that made it: {leaked}"
 

@@ -125,7 +125,11 @@ def test_blank_pages_hold_no_digit_and_two_digits_hold_two(digits):
 
 
 class FixedClassifier:
-    """Answers a frame's top-left pixel value mod 10: sure (0.91) for values below 10, unsure (0.46) above."""
+    """Answers a frame's top-left pixel value mod 10: sure (0.91) for values below 10, unsure (0.46) above;
+    its digit gate says "no digit" for values of 100 and above."""
+
+    def frame_answers(self, frames):
+        return self.frame_proba(frames), frames[:, 0, 0] < 100
 
     def frame_proba(self, frames):
         out = np.zeros((len(frames), 10))
@@ -153,6 +157,11 @@ def test_scores_count_no_digit_as_wrong_and_as_refused():
     junk = _set("dot", [0, 10, 4, 12], [False, True, True, True], None)
     assert score_set(clf, junk)["rejected"] == 0.75
     assert score_set(clf, junk, min_confidence=0.2)["rejected"] == 0.25
+    # the digit gate refuses a confident answer too, and a digit it refuses still counts as read if right
+    gated = _set("dot", [104, 4], [True, True], None)
+    assert score_set(clf, gated)["rejected"] == 0.5
+    row = score_set(clf, _set("blur", [103, 3], [True, True], [3, 3]))
+    assert row["accuracy"] == 1.0 and row["not_sure"] == 0.5
 
     crop = _set("crop-1-edge-white-on-black", [1, 1], [True, False], [1, 1])
     result = score_suite(clf, [digit_set, crop, junk, _set(CLEAN, [2, 2], [True, True], [2, 2])])

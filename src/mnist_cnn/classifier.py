@@ -16,7 +16,7 @@ from torch import nn
 
 from .averaging import TTA
 from .errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
-from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILES, ModelFolder
+from .folder import GATE_SECTION, LABELS, MNIST_NORMALIZATION, ONNX_FILES, ModelFolder
 from .inputs import as_mnist_images
 from .runtime import select_device
 
@@ -74,6 +74,25 @@ def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SI
         model.train(was_training)
 
 
+@torch.inference_mode()
+def features_and_logits(network: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SIZE):
+    """A ``features``-then-``classifier`` network's flattened features (N, F) and logits (N, 10) of normalised
+    inputs, in one pass in eval mode (what a digit gate reads, :mod:`mnist_cnn.gate`)."""
+    was_training = network.training
+    network.eval()
+    try:
+        feats, logits = [], []
+        for i in range(0, len(x), batch_size):
+            f = network.features(x[i : i + batch_size])
+            feats.append(f.flatten(1))
+            logits.append(network.classifier(f))
+        if not feats:
+            return torch.empty(0, 0, device=x.device), torch.empty(0, 10, device=x.device)
+        return torch.cat(feats), torch.cat(logits)
+    finally:
+        network.train(was_training)
+
+
 class BaseClassifier:
     """What every runtime shares: labels, normalisation and temperature from ``config.json``, and
     predictions built on a subclass's :meth:`logits`."""
@@ -81,6 +100,7 @@ class BaseClassifier:
     runtime = ""
     default_batch_size = BATCH_SIZE
     config: dict
+    gate: nn.Module | None = None  # the folder's digit gate (mnist_cnn.gate), attached with the torch runtime
 
     @property
     def labels(self) -> list[str]:
@@ -123,9 +143,27 @@ class BaseClassifier:
         """
         return torch.softmax(self._finite_logits(frames, batch_size) / self.temperature, dim=1).numpy()
 
+    @property
+    def has_gate(self) -> bool:
+        """Whether :meth:`frame_answers` asks the folder's digit gate (:mod:`mnist_cnn.gate`)."""
+        return self.gate is not None
+
+    @property
+    def gate_threshold(self) -> float:
+        """Below this digit probability the gate says "not a digit" (0 without a gate)."""
+        return float((self.config.get(GATE_SECTION) or {}).get("threshold") or 0.0) if self.has_gate else 0.0
+
+    def frame_answers(self, frames, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`frame_proba`'s probabilities (N, 10) and, per frame, whether it passes the digit gate
+        (N,) bool: all True for a model without one."""
+        probs = self.frame_proba(frames, batch_size)
+        return probs, np.ones(len(probs), dtype=bool)
+
     def _finite_logits(self, images, batch_size: int | None) -> torch.Tensor:
         """Logits, or NonFiniteOutputError: a NaN is no answer, and argmax or softmax would hide it."""
-        logits = self.logits(images, batch_size)
+        return self._checked(self.logits(images, batch_size))
+
+    def _checked(self, logits: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(logits).all():
             raise NonFiniteOutputError(
                 f"the model {self.config.get('architecture')!r} gave NaN or infinite outputs: its weights or"
@@ -143,9 +181,12 @@ class Classifier(BaseClassifier):
 
     runtime = "torch"
 
-    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu"):
+    def __init__(
+        self, model: nn.Module, config: dict, device: str | torch.device = "cpu", gate: nn.Module | None = None
+    ):
         self.device = select_device(device) if isinstance(device, str) else device
         self.config = config
+        self.gate = None if gate is None else gate.to(self.device).eval()
         # Channels-last (NHWC) convolutions are 1.3-4x faster on the CPU here (benchmarks/inference.py).
         self.channels_last = self.device.type == "cpu"
         self.model = model.to(self.device).eval()
@@ -164,10 +205,29 @@ class Classifier(BaseClassifier):
             x = x.contiguous(memory_format=torch.channels_last)
         return batched_logits(self.model, x, batch_size or self.default_batch_size).cpu()
 
+    def frame_answers(self, frames, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`BaseClassifier.frame_answers`; with a gate, the features feed both the last layer and the gate."""
+        if self.gate is None:
+            return super().frame_answers(frames, batch_size)
+        network = self.model.model if self.tta else self.model
+        x = to_model_input(frames, self.normalization).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats, logits = features_and_logits(network, x, batch_size or self.default_batch_size)
+        if self.tta:
+            logits = batched_logits(self.model, x, batch_size or self.default_batch_size)
+        probs = torch.softmax(self._checked(logits.cpu()) / self.temperature, dim=1).numpy()
+        with torch.inference_mode():
+            digit = self.gate(feats).cpu().numpy() if len(feats) else np.zeros(0)
+        return probs, digit >= self.gate_threshold
+
 
 # The metadata key of model.onnx saying the graph normalises 0-1 pixels itself, and the
 # "normalisation" that leaves pixels as they are.
 NORMALIZATION_IN_GRAPH = "normalization_in_graph"
+# The second output of a graph exported with the folder's digit gate, and the key of the export's
+# config section recording which gate (its SHA-256).
+DIGIT_OUTPUT, GATE_SHA256 = "digit", "digit_gate_sha256"
 PIXELS = {"mean": 0.0, "std": 1.0}
 
 
@@ -222,8 +282,19 @@ class OnnxClassifier(BaseClassifier):
         except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
             raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
         self._input = self.session.get_inputs()[0].name
+        self._gated = DIGIT_OUTPUT in [o.name for o in self.session.get_outputs()]
         self.device = torch.device("cpu")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        gate = (self.config.get(GATE_SECTION) or {}).get("sha256")
+        if gate != (self.config.get(section) or {}).get(GATE_SHA256) or bool(gate) != self._gated:
+            raise ModelFolderError(
+                f"{path} was exported before the folder's digit gate was fitted, or with another one; re-export"
+                f" with: {command.format(folder)}"
+            )
+
+    @property
+    def has_gate(self) -> bool:
+        return self._gated
 
     @property
     def graph_normalizes(self) -> bool:
@@ -233,12 +304,26 @@ class OnnxClassifier(BaseClassifier):
 
     def logits(self, images, batch_size: int | None = None) -> torch.Tensor:
         """Raw logits from the exported graph; :meth:`predict_proba` divides them by the temperature."""
+        return self._outputs(images, batch_size)[0]
+
+    def frame_answers(self, frames, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`BaseClassifier.frame_answers`; a graph exported with a digit gate gives its answer as a second output."""
+        if not self._gated:
+            return super().frame_answers(frames, batch_size)
+        logits, digit = self._outputs(frames, batch_size)
+        probs = torch.softmax(self._checked(logits) / self.temperature, dim=1).numpy()
+        return probs, digit.numpy() >= self.gate_threshold
+
+    def _outputs(self, images, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph's logits (N, 10) and digit probabilities (N,) (ones for a graph with no digit gate)."""
         x = to_model_input(images, PIXELS if self.graph_normalizes else self.normalization).numpy()
         if len(x) == 0:
-            return torch.empty(0, 10)
+            return torch.empty(0, 10), torch.empty(0)
         step = batch_size or self.default_batch_size
-        out = [self.session.run(None, {self._input: x[i : i + step]})[0] for i in range(0, len(x), step)]
-        return torch.from_numpy(out[0] if len(out) == 1 else np.concatenate(out))
+        runs = [self.session.run(None, {self._input: x[i : i + step]}) for i in range(0, len(x), step)]
+        logits = np.concatenate([r[0] for r in runs])
+        digit = np.concatenate([r[1] for r in runs]) if self._gated else np.ones(len(x), np.float32)
+        return torch.from_numpy(logits), torch.from_numpy(digit)
 
 
 class OnnxInt8Classifier(OnnxClassifier):

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .errors import MnistCnnError, ModelFolderError
+from .folder import GATE, GATE_SECTION
 from .inference import CONFIG, DEFAULT_MODEL_DIR, WEIGHTS, load_model, read_config, write_json
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ def shipped_config(run_dir: Path) -> dict:
     if isinstance(config.get("data"), dict):
         config["data"].pop("source", None)  # a folder of the machine; the SHA-256 of the files says which data
     commands = training_commands(config, name)
+    if GATE_SECTION in config:
+        commands.append(f"mnist-cnn gate runs/{name}")
     if (config.get("train_config") or {}).get("init"):
         config["train_config"]["init"] = f"runs/{Path(config['train_config']['init']).name}"
     git = config.get("git") or {}
@@ -139,9 +142,12 @@ def make_default_model(run: str | os.PathLike, data, out: str | os.PathLike | No
     if size > MAX_BYTES:
         raise MnistCnnError(f"{run_dir / WEIGHTS} is {size:,} bytes; the default model must stay under {MAX_BYTES:,}")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WEIGHTS}.tmp"
-    shutil.copyfile(run_dir / WEIGHTS, tmp)
-    os.replace(tmp, out / WEIGHTS)
+    for name in (WEIGHTS, GATE) if GATE_SECTION in config else (WEIGHTS,):
+        tmp = out / f".{name}.tmp"
+        shutil.copyfile(run_dir / name, tmp)
+        os.replace(tmp, out / name)
+    if GATE_SECTION not in config:
+        (out / GATE).unlink(missing_ok=True)
     write_json(out / CONFIG, config)
     fresh = evaluate_on_test(out, data)
     recorded = (config.get("metrics") or {}).get("test_accuracy")
@@ -159,6 +165,16 @@ def docs_row(config: dict) -> str:
     return (
         f"| `{name}` | `{config.get('recipe')}` | **{m['test_accuracy']:.2%}** "
         f"| {m['test_errors']} of {m['test_images']:,} |"
+    )
+
+
+def _gate_row(config: dict) -> str:
+    gate = config.get(GATE_SECTION)
+    if not gate:
+        return "none"
+    return (
+        f"threshold {gate['threshold']:.4g}, fitted on {gate['fitted_on']}; refuses "
+        f"{gate['validation_digits_refused']:.1%} of validation digits, {gate['held_out_not_digits_refused']:.1%} of not-digits drawn apart"
     )
 
 
@@ -181,6 +197,7 @@ def model_card(config: dict, size: int) -> str:
 | test accuracy, 10,000 MNIST test images | **{m["test_accuracy"]:.2%}** ({m["test_errors"]} wrong) |
 | validation accuracy (chose the epoch) | {f"{val:.2%}" if val is not None else "not recorded"} |
 | calibration temperature (fitted on validation) | {(config.get("calibration") or {}).get("temperature", "none")} |
+| digit gate ("is this a digit?", `{GATE}`) | {_gate_row(config)} |
 | weights | `{WEIGHTS}`, {size / 1e6:.2f} MB, float32 |
 | trained at commit | {commit} |
 

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .classifier import NORMALIZATION_IN_GRAPH, OnnxClassifier, require_onnx
+from .classifier import DIGIT_OUTPUT, GATE_SHA256, NORMALIZATION_IN_GRAPH, OnnxClassifier, require_onnx
 from .errors import MnistCnnError
-from .folder import LABELS, MNIST_NORMALIZATION, ONNX_FILE, ONNX_SHA256, ModelFolder, atomic_write
+from .folder import GATE_SECTION, LABELS, MNIST_NORMALIZATION, ONNX_FILE, ONNX_SHA256, ModelFolder, atomic_write
 from .inference import load_model
 
 __all__ = [
@@ -89,20 +89,27 @@ def _quiet_exporter():
 # What model.onnx says about itself in its metadata_props (besides the values of the folder's config).
 INPUT = "images: float32 (N, 1, 28, 28), greyscale pixels in 0-1 (uint8 / 255), white digit on black, MNIST framing"
 OUTPUT = "logits: float32 (N, 10); softmax(logits / temperature) gives the calibrated probabilities"
+DIGIT = "digit: float32 (N,), the digit gate's probability that the image is a digit at all; below digit_threshold it is not"
 METADATA = ("input", "output", NORMALIZATION_IN_GRAPH, "normalization", "labels", "architecture", "recipe",
             "mnist_cnn_version", "temperature")  # fmt: skip
 
 
 class PixelInput(nn.Module):
     """A network that takes 0-1 pixels: normalises them as in training, so the exported graph needs no
-    preprocessing arithmetic from its caller."""
+    preprocessing arithmetic from its caller. With a digit ``gate`` (:mod:`mnist_cnn.gate`) it also
+    returns the gate's probability that each image is a digit, from the same features."""
 
-    def __init__(self, model: nn.Module, normalization: dict):
+    def __init__(self, model: nn.Module, normalization: dict, gate: nn.Module | None = None):
         super().__init__()
         self.model, self.mean, self.std = model, float(normalization["mean"]), float(normalization["std"])
+        self.gate = gate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, 28, 28) in 0-1
-        return self.model((x - self.mean) / self.std)
+    def forward(self, x: torch.Tensor):  # (N, 1, 28, 28) in 0-1
+        x = (x - self.mean) / self.std
+        if self.gate is None:
+            return self.model(x)
+        features = self.model.features(x)
+        return self.model.classifier(features), self.gate(features.flatten(1))
 
 
 def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
@@ -116,7 +123,7 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     require_onnx()
     folder = Path(folder)
     clf = load_model(folder)
-    data, exporter = pixel_graph(clf.model, clf.config, clf.temperature, opset)
+    data, exporter = pixel_graph(clf.model, clf.config, clf.temperature, opset, gate=clf.gate)
     atomic_write(folder / ONNX_FILE, data)
     saved = ModelFolder(folder)
     saved.update(onnx={
@@ -126,6 +133,7 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
         "torch": torch.__version__,
         "weights_sha256": saved.weights_sha256(),
         ONNX_SHA256: hashlib.sha256(data).hexdigest(),  # ModelFolder.read_onnx checks it
+        GATE_SHA256: gate_sha256(clf.config),  # OnnxClassifier checks that the gate is the folder's
         "input": INPUT,
         NORMALIZATION_IN_GRAPH: True,
     })  # fmt: skip
@@ -133,14 +141,23 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     return folder / ONNX_FILE
 
 
-def pixel_graph(network: nn.Module, config: dict, temperature: float = 1.0, opset: int = OPSET) -> tuple[bytes, str]:
+def gate_sha256(config: dict) -> str | None:
+    """The SHA-256 of the folder's digit gate (None without one), which an export records."""
+    return (config.get(GATE_SECTION) or {}).get("sha256")
+
+
+def pixel_graph(
+    network: nn.Module, config: dict, temperature: float = 1.0, opset: int = OPSET, gate: nn.Module | None = None
+) -> tuple[bytes, str]:
     """The ONNX file of ``network`` taking 0-1 pixels (:class:`PixelInput`), with :func:`onnx_metadata`; and
-    which exporter wrote it. ``config`` is the model folder's (normalisation, labels, architecture)."""
+    which exporter wrote it. ``config`` is the model folder's (normalisation, labels, architecture). With a
+    digit ``gate``, the graph has a second output, ``digit``."""
     network = network.cpu().eval().to(memory_format=torch.contiguous_format)
-    model = PixelInput(network, config.get("normalization", MNIST_NORMALIZATION)).eval()
+    model = PixelInput(network, config.get("normalization", MNIST_NORMALIZATION), gate).eval()
+    outputs = ("logits",) if gate is None else ("logits", DIGIT_OUTPUT)
     with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; the caller writes the bytes
         tmp = Path(scratch) / ONNX_FILE
-        exporter = _export(model, torch.zeros(2, 1, 28, 28), tmp, opset, config["architecture"])
+        exporter = _export(model, torch.zeros(2, 1, 28, 28), tmp, opset, config["architecture"], outputs)
         return with_metadata(tmp, onnx_metadata(config, temperature)), exporter
 
 
@@ -156,7 +173,9 @@ def onnx_metadata(config: dict, temperature: float = 1.0) -> dict[str, str]:
         "recipe": str(config.get("recipe") or ""),
         "mnist_cnn_version": __version__,
         "temperature": repr(float(temperature)),
-    }
+        **({DIGIT_OUTPUT: DIGIT, "digit_threshold": repr(float(config[GATE_SECTION]["threshold"]))}
+           if gate_sha256(config) else {}),
+    }  # fmt: skip
 
 
 def with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
@@ -173,12 +192,14 @@ def with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, name: str) -> str:
+def _export(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, name: str, outputs: tuple[str, ...] = ("logits",)
+) -> str:
     """Write the ONNX graph to ``path``; return which exporter managed it."""
     try:
         with _quiet_exporter():
             torch.onnx.export(
-                model, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
+                model, (example,), path, input_names=["images"], output_names=list(outputs), opset_version=opset,
                 dynamo=True, external_data=False, verbose=False,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             )  # fmt: skip
@@ -188,8 +209,8 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: in
     try:
         with _quiet_exporter():
             torch.onnx.export(
-                model, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
-                dynamo=False, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                model, (example,), path, input_names=["images"], output_names=list(outputs), opset_version=opset,
+                dynamo=False, dynamic_axes={axis: {0: "batch"} for axis in ["images", *outputs]},
             )  # fmt: skip
     except Exception as exc:
         raise ExportError(f"cannot export {name!r} to ONNX: {exc}") from None

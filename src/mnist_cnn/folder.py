@@ -37,6 +37,7 @@ from .errors import ModelFolderError
 FORMAT_VERSION = 2
 WEIGHTS, CONFIG, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 WEIGHTS_SHA256 = "weights_sha256"  # the config.json key holding the SHA-256 of model.safetensors
+GATE, GATE_SECTION = "gate.safetensors", "digit_gate"  # the digit gate (mnist_cnn.gate) and its config.json section
 ONNX_SHA256 = "sha256"  # the key of config.json's onnx section holding the SHA-256 of model.onnx
 # Each ONNX file a folder may hold, by precision: the file, the config.json section that records it, and
 # the command that writes it.
@@ -208,6 +209,42 @@ class ModelFolder:
                 f" export it again with: {again}"
             )
         return data
+
+    def save_gate(self, state: dict[str, torch.Tensor], record: dict) -> dict:
+        """Write the digit gate's tensors and its ``digit_gate`` section (which records both digests); return the config."""
+        data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in state.items()})
+        config = self.read()
+        section = {
+            **record,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "model_weights_sha256": config.get(WEIGHTS_SHA256),
+        }
+        atomic_write(self.path / GATE, data)
+        return self.update(**{GATE_SECTION: section})
+
+    def read_gate(self, config: dict) -> dict[str, torch.Tensor] | None:
+        """The digit gate's tensors, or None when ``config`` (the folder's) has no ``digit_gate``; they must
+        match the digest recorded, and the gate must have been fitted to this folder's weights."""
+        section = config.get(GATE_SECTION)
+        if not isinstance(section, dict):
+            return None
+        path, again = self.path / GATE, f"mnist-cnn gate {self.path}"
+        if section.get("model_weights_sha256") != config.get(WEIGHTS_SHA256):
+            raise ModelFolderError(
+                f"{path} was fitted to other weights than {self.weights_path}; fit it again: {again}"
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelFolderError(f"{path} cannot be read ({exc.strerror or exc}); fit it again: {again}") from None
+        if hashlib.sha256(data).hexdigest() != section.get("sha256"):
+            raise ModelFolderError(
+                f"{path} is damaged or was replaced (its SHA-256 differs from {CONFIG}'s); fit it again: {again}"
+            )
+        try:
+            return safetensors_load(data)
+        except (SafetensorError, ValueError) as exc:
+            raise ModelFolderError(f"{path} is damaged: {exc}") from None
 
     def weights_sha256(self) -> str:
         """SHA-256 of ``model.safetensors``; for an ensemble folder (no weights of its own), of its

@@ -48,6 +48,7 @@ from .folder import (
     versions,
     write_json,
 )
+from .gate import load_gate
 from .models import create_model, kwargs_from_weights
 from .runs import resolve_run
 
@@ -112,9 +113,10 @@ def load_network(folder: ModelFolder, config: dict) -> nn.Module:
 
 def _torch_classifier(folder: ModelFolder, config: dict, device, tta: bool, threads: int | None) -> Classifier:
     network = load_network(folder, config)
+    gate = load_gate(folder, config)
     if tta:  # average over small rotations and zooms of each image
         network = TTA(network, fill=background(config.get("normalization", MNIST_NORMALIZATION)))
-    return Classifier(network, config, device)
+    return Classifier(network, config, device, gate=gate)
 
 
 def _onnx_classifier(

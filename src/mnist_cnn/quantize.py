@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classifier import NORMALIZATION_IN_GRAPH, PIXELS, require_onnx, to_model_input
+from .classifier import GATE_SHA256, NORMALIZATION_IN_GRAPH, PIXELS, require_onnx, to_model_input
 from .config import validation_of
 from .data import split_validation
-from .export import INPUT, OPSET, ExportError, onnx_metadata, pixel_graph, with_metadata
+from .export import INPUT, OPSET, ExportError, gate_sha256, onnx_metadata, pixel_graph, with_metadata
 from .folder import ONNX_FILES, ONNX_SHA256, ModelFolder, atomic_write
 from .inference import load_model
 
@@ -142,7 +142,7 @@ def quantize_onnx(folder: str | os.PathLike, images, opset: int = OPSET) -> Path
     folder = Path(folder)
     clf = load_model(folder)
     reader = _Batches(images)  # checks the images before anything is exported
-    graph, exporter = pixel_graph(int8_network(clf.model), clf.config, clf.temperature, opset)
+    graph, exporter = pixel_graph(int8_network(clf.model), clf.config, clf.temperature, opset, gate=clf.gate)
     metadata = {**onnx_metadata(clf.config, clf.temperature), "quantization": json.dumps(SCHEME)}
     with tempfile.TemporaryDirectory() as scratch, _quiet_quantizer():
         fp32, prepared, int8 = (Path(scratch) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
@@ -164,6 +164,7 @@ def quantize_onnx(folder: str | os.PathLike, images, opset: int = OPSET) -> Path
         "calibration_images": reader.count,
         "weights_sha256": saved.weights_sha256(),
         ONNX_SHA256: hashlib.sha256(data).hexdigest(),  # ModelFolder.read_onnx checks it
+        GATE_SHA256: gate_sha256(clf.config),  # OnnxClassifier checks that the gate is the folder's
         "input": INPUT,
         NORMALIZATION_IN_GRAPH: True,
     }})  # fmt: skip

@@ -139,14 +139,15 @@ def _rate(hits: np.ndarray) -> tuple[float, list[float]]:
 
 
 def outcomes(clf, suite_set: SuiteSet, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict[str, np.ndarray]:
-    """Per image of one set, as (N,) bool arrays: ``no_digit``, ``not_sure`` (found, top probability below
-    ``min_confidence``), ``refused`` (either), and for digits ``right`` (found and read as its label)."""
+    """Per image of one set, as (N,) bool arrays: ``no_digit``, ``not_sure`` (found, but the top probability is
+    below ``min_confidence`` or the model's digit gate says it is no digit), ``refused`` (either), and for
+    digits ``right`` (found and read as its label)."""
     s = suite_set
-    top, label = np.zeros(len(s.found)), np.full(len(s.found), -1)
+    top, label, gate = np.zeros(len(s.found)), np.full(len(s.found), -1), np.ones(len(s.found), dtype=bool)
     if s.found.any():
-        probs = clf.frame_proba(s.frames[s.found])
+        probs, gate[s.found] = clf.frame_answers(s.frames[s.found])
         top[s.found], label[s.found] = probs.max(1), probs.argmax(1)
-    out = {"no_digit": ~s.found, "not_sure": s.found & (top < min_confidence)}
+    out = {"no_digit": ~s.found, "not_sure": s.found & ((top < min_confidence) | ~gate)}
     out["refused"] = out["no_digit"] | out["not_sure"]
     if s.is_digits:
         out["right"] = s.found & (label == s.labels)

@@ -7,7 +7,7 @@ folder, corrupt file); 130 interrupted.
 
 One module per group of commands, each holding the commands' sub-parsers (``add_NAME``) and
 their work (``cmd_NAME``): ``training`` (train, tune, recipes, runs, show), ``evaluation``
-(evaluate, calibrate, ensemble, export, import-keras), ``images`` (predict, read, preprocess) and ``serve``;
+(evaluate, calibrate, gate, ensemble, export, import-keras), ``images`` (predict, read, preprocess) and ``serve``;
 ``common`` holds the flags and steps several of them share. This module puts the parser together
 and runs a command.
 """
@@ -25,11 +25,13 @@ from .evaluation import (
     add_ensemble,
     add_evaluate,
     add_export,
+    add_gate,
     add_import_keras,
     cmd_calibrate,
     cmd_ensemble,
     cmd_evaluate,
     cmd_export,
+    cmd_gate,
     cmd_import_keras,
 )
 from .images import add_predict, add_preprocess, add_read, cmd_predict, cmd_preprocess, cmd_read
@@ -62,6 +64,7 @@ SUBPARSERS = (
     add_read,
     add_preprocess,
     add_calibrate,
+    add_gate,
     add_show,
     add_recipes,
     add_runs,
@@ -79,6 +82,7 @@ COMMANDS = {
     "read": cmd_read,
     "preprocess": cmd_preprocess,
     "calibrate": cmd_calibrate,
+    "gate": cmd_gate,
     "show": cmd_show,
     "recipes": cmd_recipes,
     "runs": cmd_runs,

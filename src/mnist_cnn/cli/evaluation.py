@@ -97,6 +97,43 @@ def add_calibrate(sub, common: argparse.ArgumentParser) -> None:
     _add_runtime_flags(p)
 
 
+def add_gate(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "gate", parents=[common],
+        help="fit the run's digit gate (is this a digit at all?) on its training digits and generated not-digits; threshold set on its validation digits",
+    )  # fmt: skip
+    p.add_argument("run", type=Path, help="run (model) folder, run name in --runs-dir, or latest")
+    p.add_argument("--digits", type=int, default=48_000, metavar="N", help="training digits, as written, corrupted, photographed and drawn (default: 48000)")  # fmt: skip
+    p.add_argument("--not-digits", type=int, default=18_000, metavar="N", help="generated not-digits (default: 18000)")  # fmt: skip
+    _add_runs_dir_flag(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+
+
+def cmd_gate(args) -> int:
+    from ..folder import ModelFolder
+    from ..gate import fit_run_gate
+    from ..inference import load_model, read_config
+    from ..runtime import configure_threads
+
+    args.run = _resolve_run(args.run, args)
+    read_config(args.run)
+    for flag, value in (("--digits", args.digits), ("--not-digits", args.not_digits)):
+        if value < 100:
+            raise ValueError(f"{flag} must be at least 100, got {value}")
+    configure_threads(args.threads)
+    data = _load_data(args)
+    gate, record = fit_run_gate(load_model(args.run), data, digits=args.digits, not_digits=args.not_digits)
+    ModelFolder(args.run).save_gate(gate.state_dict(), record)
+    print(
+        f"digit gate fitted on {record['fitted_on']} in {record['seconds']:.0f} s; threshold {record['threshold']:.4g}"
+    )
+    print(f"refuses {record['validation_digits_refused']:.2%} of validation digits and "
+          f"{record['held_out_not_digits_refused']:.2%} of not-digits drawn apart")  # fmt: skip
+    print(f"saved in {args.run / 'gate.safetensors'} and {args.run / 'config.json'}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from ..inference import load_model, read_config
     from ..runtime import configure_threads

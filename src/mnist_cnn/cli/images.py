@@ -208,7 +208,8 @@ def _load_classifier(args):
 
 def cmd_predict(args) -> int:
     """One digit per image. ``uncertain``: the best guess is below --min-confidence; ``not_a_digit``: the
-    answer to "is this a digit?" is no (no ink found) or not sure (uncertain). A guess is always shown.
+    answer to "is this a digit?" is no (no ink found, or the model's digit gate says no) or not sure
+    (uncertain). A guess is always shown.
 
     Files are preprocessed by a pool of worker processes when there are many (``--workers``) and go
     through the model in batches of ``MODEL_BATCH``."""
@@ -246,7 +247,8 @@ def _predict_chunk(clf, chunk, min_confidence: float):
     from ..errors import NoDigitError
 
     found = [frame for _, frame in chunk if isinstance(frame, np.ndarray)]
-    probs = iter(clf.frame_proba(np.stack(found)) if found else [])
+    probs, digit = clf.frame_answers(np.stack(found)) if found else ([], [])
+    answers = zip(probs, digit, strict=True)
     for path, frame in chunk:
         if isinstance(frame, NoDigitError):
             row = {"file": str(path), "label": None, "uncertain": None, "not_a_digit": True, "no_digit": True}
@@ -254,16 +256,17 @@ def _predict_chunk(clf, chunk, min_confidence: float):
         elif isinstance(frame, Exception):
             yield path, frame
         else:
-            yield path, _prediction_row(clf, path, next(probs), min_confidence)
+            yield path, _prediction_row(clf, path, *next(answers), min_confidence)
 
 
-def _prediction_row(clf, path, probs, min_confidence: float) -> tuple[dict, str]:
+def _prediction_row(clf, path, probs, looks_like_digit: bool, min_confidence: float) -> tuple[dict, str]:
     label = int(probs.argmax())
     uncertain = bool(probs[label] < min_confidence)
+    refused = uncertain or not looks_like_digit
     row = {"file": str(path), "label": label, "probability": round(float(probs[label]), 6),
-           "probabilities": [round(float(p), 6) for p in probs], "uncertain": uncertain, "not_a_digit": uncertain}  # fmt: skip
+           "probabilities": [round(float(p), 6) for p in probs], "uncertain": uncertain, "not_a_digit": refused}  # fmt: skip
     guess = f"{clf.labels[label]} (p={probs[label]:.3f})"
-    return row, f"{path}: not sure — is this a digit? best guess {guess}" if uncertain else f"{path}: {guess}"
+    return row, f"{path}: not sure — is this a digit? best guess {guess}" if refused else f"{path}: {guess}"
 
 
 def cmd_read(args) -> int:

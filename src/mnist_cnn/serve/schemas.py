@@ -31,7 +31,7 @@ class Prediction(BaseModel):
     confidence: float = Field(description="the probability of that digit")
     confident: bool = Field(description="confidence is at least min_confidence")
     uncertain: bool = Field(description="confidence is below min_confidence: the model is not sure (not confident)")
-    not_a_digit: bool = Field(description="the model is not sure the image shows a digit at all: confidence is below min_confidence (the same test as uncertain); label is still the best guess")  # fmt: skip
+    not_a_digit: bool = Field(description="the model is not sure the image shows a digit at all: confidence is below min_confidence (uncertain), or the model's digit gate says it is no digit; label is still the best guess")  # fmt: skip
     min_confidence: float = Field(description="the threshold used: min_confidence of the request, else the service's")
     probabilities: list[float] = Field(description="one probability per digit 0-9")
     input: list[list[int]] = Field(description="the 28x28 image (0-255) the model saw")

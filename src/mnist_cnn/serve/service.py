@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ class Service:
 
     def _start_batcher(self, load_s: float) -> None:
         s = self.settings
-        batcher = MicroBatcher(self.classifier.frame_proba, s.max_batch, s.max_queue, s.batch_wait_ms / 1000)
+        batcher = MicroBatcher(partial(answer_rows, self.classifier), s.max_batch, s.max_queue, s.batch_wait_ms / 1000)
         batcher.start()
         self.batcher = batcher
         log.info("model %s ready (%s, %s runtime) in %.2f s", self.model_dir, self.config["architecture"],
@@ -102,12 +103,12 @@ class Service:
         """The answer of /v1/predict for one (28, 28) float32 image in 0-1, computed in the next batch."""
         self._check_ready()
         try:
-            probs = await self.batcher.submit(image)
+            row = await self.batcher.submit(image)
         except QueueFull:
             raise busy(self.settings.retry_after_s) from None
         except NonFiniteOutputError:
             raise broken_model() from None
-        return prediction(probs, image, min_confidence)
+        return prediction(row[:10], image, min_confidence, looks_like_digit=bool(row[10]))
 
     @contextlib.asynccontextmanager
     async def upload(self):
@@ -172,11 +173,18 @@ class Service:
         return info
 
 
-def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float) -> dict:
+def answer_rows(clf, frames: np.ndarray) -> np.ndarray:
+    """What the batcher computes per image: the 10 probabilities, then 1.0 if the frame passes the model's
+    digit gate (:meth:`mnist_cnn.classifier.BaseClassifier.frame_answers`), else 0.0; shaped (N, 11)."""
+    probs, looks_like_digit = clf.frame_answers(frames)
+    return np.column_stack([probs, looks_like_digit.astype(probs.dtype)])
+
+
+def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float, looks_like_digit: bool = True) -> dict:
     """The JSON of one answer of /v1/predict: the best guess is always given; below ``min_confidence`` it is flagged.
 
-    ``not_a_digit`` is the service's reject answer ("not sure -- is this a digit?"): today the same test
-    as ``uncertain``, since a not-digit shows up as a digit the model is not sure of.
+    ``not_a_digit`` is the service's reject answer ("not sure -- is this a digit?"): the guess is
+    ``uncertain``, or the model's digit gate (:mod:`mnist_cnn.gate`) says the image is no digit.
     """
     label = int(probs.argmax())
     confidence = float(probs[label])
@@ -186,7 +194,7 @@ def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float) -> d
         "confidence": confidence,
         "confident": not unsure,
         "uncertain": unsure,
-        "not_a_digit": unsure,
+        "not_a_digit": unsure or not looks_like_digit,
         "min_confidence": min_confidence,
         "probabilities": probs,
         "input": np.rint(image * 255).astype(np.uint8),
