@@ -16,6 +16,7 @@ from mnist_cnn.gate import GATE_REFUSES, DigitGate, fit_run_gate
 from mnist_cnn.serve.service import answer_rows, prediction
 from test_cli import cli
 from test_default_model import small_run  # noqa: F401 (a fixture)
+from test_serve import _ready
 
 RECORD = {"threshold": 0.5, "fitted_on": "400 training digits, 300 generated not-digits",
           "validation_digits_refused": 0.005, "held_out_not_digits_refused": 0.9}  # fmt: skip
@@ -128,3 +129,18 @@ def test_an_exported_graph_carries_the_gate_and_a_stale_one_says_export_again(sm
     ModelFolder(small_run).save_gate(state, record)  # fitted again after the export
     with pytest.raises(ModelFolderError, match="exported before the folder's digit gate.*mnist-cnn export"):
         mnist_cnn.load_model(small_run, runtime="onnxruntime")
+
+
+def test_the_service_says_not_a_digit_when_the_gate_says_no_and_describes_the_gate(small_run, mnist):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from mnist_cnn.serve import Settings, create_app
+
+    ModelFolder(small_run).save_gate(_random_gate(small_run).state_dict(), {**RECORD, "threshold": 1.5})
+    pixels = mnist.test_images[0].tolist()
+    with TestClient(create_app(small_run, Settings(runtime="torch"))) as client:
+        _ready(client)
+        info = client.get("/v1/model").json()
+        answer = client.post("/v1/predict", json={"pixels": pixels, "min_confidence": 0}).json()
+    assert info["digit_gate"] == RECORD | {"threshold": 1.5}
+    assert answer["uncertain"] is False and answer["not_a_digit"] is True and 0 <= answer["label"] <= 9

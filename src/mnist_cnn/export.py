@@ -193,7 +193,12 @@ def with_metadata(path: Path, metadata: dict[str, str]) -> bytes:
 
 
 def _export(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, name: str, outputs: tuple[str, ...] = ("logits",)
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    name: str,
+    outputs: tuple[str, ...] = ("logits",),
 ) -> str:
     """Write the ONNX graph to ``path``; return which exporter managed it."""
     try:

@@ -158,6 +158,7 @@ class Service:
             "versions": versions,
             "format_version": c.get("format_version"),
             "min_confidence": s.min_confidence,
+            "digit_gate": _gate_info(c),
             "limits": {
                 "max_body_bytes": s.max_body_bytes,
                 "max_image_pixels": s.max_image_pixels,
@@ -171,6 +172,15 @@ class Service:
         if self.batcher is not None:
             info["batches"] = {"forward_passes": self.batcher.batches, "images": self.batcher.images}
         return info
+
+
+def _gate_info(config: dict) -> dict | None:
+    """What /v1/model says of the model's digit gate (None without one): its threshold and what it refuses."""
+    gate = config.get("digit_gate")
+    if not isinstance(gate, dict):
+        return None
+    keys = ("threshold", "fitted_on", "validation_digits_refused", "held_out_not_digits_refused")
+    return {k: gate[k] for k in keys if k in gate}
 
 
 def answer_rows(clf, frames: np.ndarray) -> np.ndarray:
