@@ -327,7 +327,8 @@ def test_a_box_drawn_round_the_digit_is_removed(mnist):
 
 @pytest.mark.parametrize("square", [True, False])
 def test_a_digits_own_bars_and_stems_are_not_taken_for_lines(square):
-    """A 7 with a ruler-straight bar, a 4's crossing bar, a plain 1: all end inside the digit or have nothing beside them."""
+    """A 7 with a ruler-straight bar, a 4's crossing bar, a plain 1: all end inside the digit or have nothing beside
+    them; the stem of a 4 or a 9 that runs the whole height of a tight crop is one straight line alone."""
     seven = np.zeros((60, 44), np.uint8)
     seven[2:7, :] = 255  # the bar spans the whole crop
     for y in range(7, 60):
@@ -344,7 +345,15 @@ def test_a_digits_own_bars_and_stems_are_not_taken_for_lines(square):
         hooked[y, x - 2 : x + 3] = 255
     one = np.zeros((60, 12), np.uint8)
     one[:, 4:9] = 255
-    for glyph in (seven, four, hooked, one):
+    # Cropped tight, a 4's and a 9's stems run the whole height and clear the arm or the loop at both ends.
+    tall_four = np.zeros((60, 40), np.uint8)
+    tall_four[8:38, 4:9] = 255
+    tall_four[34:39, 4:36] = 255
+    tall_four[:, 26:31] = 255
+    yy, xx = np.mgrid[:60, :40]
+    nine = (np.abs(np.hypot(yy - 16, xx - 18) - 9) < 2.5).astype(np.uint8) * 255  # the loop, rows 5 to 27
+    nine[:, 25:30] = 255
+    for glyph in (seven, four, hooked, one, tall_four, nine):
         frame = np.pad(glyph, 10) if square else glyph
         result = preprocess_image(255 - frame)
         assert result.record.lines_removed == 0

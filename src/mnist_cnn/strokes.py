@@ -6,6 +6,8 @@ Used by :mod:`mnist_cnn.preprocess`; nothing here knows about files or records.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -167,13 +169,25 @@ def _anchored(line: np.ndarray, box: tuple[slice, slice], axis: int, near: dict)
     return "box" if corners == 2 else "page"
 
 
+def _at_the_edge(extent: dict, shape: tuple[int, int]) -> bool:
+    """Whether the ink's extent reaches an edge of the frame (within 3% of its side): a crop of the digit,
+    not a page round it."""
+    (c0, c1), (r0, r1) = extent[1], extent[0]
+    h, w = shape
+    mh, mw = max(2, round(0.03 * h)), max(2, round(0.03 * w))
+    return r0 < mh or r1 > h - mh or c0 < mw or c1 > w - mw
+
+
 def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     """Take out ruled and squared-paper lines and a box drawn round the digit; strokes that cross them stay.
 
     A line is a thin straight run that reaches beyond the rest of the ink at both ends: it is longer
     than the digit and runs across or around it. A digit's own bar (a 7, a 4, the base of a 2)
     ends inside the digit on at least one side, and a lone stroke (a 1) has no rest to compare with,
-    so they are kept. ``ink`` is float (H, W) in 0-1, ink bright; returns (ink, number of lines removed).
+    so they are kept. A line across the page is ruled paper only when another runs beside it and the
+    rest of the ink stays clear of the frame's edges: in a tight crop the stem of a 4 or a 9 reaches
+    both edges and clears its own loop or arm, and is kept. A box's sides are taken out either way.
+    ``ink`` is float (H, W) in 0-1, ink bright; returns (ink, number of lines removed).
     """
     mask = ink > 0.35
     lines = {axis: _straight_lines(mask, axis) for axis in (1, 0)}
@@ -194,8 +208,9 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     rest = np.isin(labels, 1 + np.nonzero(mass >= 0.1 * mass.max())[0])
     rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
     extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
-    removed, n = np.zeros_like(mask), 0
+    cropped = _at_the_edge(extent, mask.shape)
     corners = {axis: ndimage.binary_dilation(labels > 0, iterations=2) for axis, labels, _ in found}
+    clear = []  # (axis, line, thickness, how it is held) of each line that clears the digit
     for axis, labels, _ in found:
         r0, r1 = extent[axis]
         depth = extent[1 - axis][1] - extent[1 - axis][0]
@@ -210,7 +225,12 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
             box_side = held == "box"
             needed = 1 if box_side else max(2, 0.1 * (r1 - r0))
             if held and beyond >= needed and depth >= (1 if box_side else 4) * thickness:
-                line = ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
-                removed |= line
-                n += 1
+                clear.append((axis, line, thickness, held))
+    ruled = Counter(axis for axis, *_, held in clear if held == "page")
+    removed, n = np.zeros_like(mask), 0
+    for axis, line, thickness, held in clear:
+        if held == "page" and (cropped or ruled[axis] < 2):
+            continue  # the digit reaches the frame, or one straight line alone: the digit's own stroke, not ruled paper
+        removed |= ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
+        n += 1
     return (np.where(removed, 0, ink).astype(np.float32) if n else ink), n
