@@ -94,17 +94,17 @@ def _two_classes(grey: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     """For an image the ink fills (a tight crop, a cell of a form): the paper as a bool mask, the polarity decided.
 
     The image is split in two by Otsu's level; which side is ink is voted by the border, by
-    stroke structure and (weakly) by which side is smaller.
+    stroke structure, by which side is in one piece and (weakly) by which side is smaller.
     """
     small, _ = downscale(grey, 128)
     dark_small = small < otsu(small)
-    border, strokes = polarity_evidence(dark_small)
+    border, strokes, pieces = polarity_evidence(dark_small)
     share = 0.5 - float(dark_small.mean())
-    score = border + strokes + share
+    score = border + strokes + pieces + share
     record.inverted = score > 0
     record.polarity = (
         f"{'dark' if record.inverted else 'light'} ink (ink fills the frame: border {border:+.2f}, "
-        f"strokes {strokes:+.2f}, share {share:+.2f})"
+        f"strokes {strokes:+.2f}, pieces {pieces:+.0f}, share {share:+.2f})"
     )
     dark = grey < otsu(grey)
     paper = ~dark if record.inverted else dark

@@ -38,13 +38,24 @@ def reduce_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(small) > 0.99
 
 
-def polarity_evidence(dark: np.ndarray) -> tuple[float, float]:
-    """Evidence that the dark class is the ink, from the border and from stroke structure (each about -1 to 1).
+def _pieces(mask: np.ndarray) -> int:
+    """Connected pieces of ``mask`` (8-connected) of at least 1% of the image each."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    return int((sizes >= 0.01 * mask.size).sum())
+
+
+def polarity_evidence(dark: np.ndarray) -> tuple[float, float, float]:
+    """Evidence that the dark class is the ink, from the border, from stroke structure and from its pieces
+    (each about -1 to 1).
 
     border: the paper holds the frame's border, even where a tight crop's strokes touch it (rows
     and columns that one class fills end to end, a drawn box or a ruled line, say nothing).
     strokes: ink is drawn with a pen, so it is thin everywhere; paper has wide open parts. Compared
     by the 90th percentile of the distance to the other class (the half-width of the widest parts).
+    pieces: a digit is mostly one stroke, while in a crop the strokes that touch the edges cut the paper
+    into several parts (a 1 leaves two, a 0 its hole and the corners): 1 when one class is in one piece
+    and the other in several (0 otherwise: squared paper's cells may be too small to count).
     """
     h, w = dark.shape
     band = max(1, round(0.04 * min(h, w)))
@@ -56,7 +67,9 @@ def polarity_evidence(dark: np.ndarray) -> tuple[float, float]:
     width_dark = np.percentile(ndimage.distance_transform_edt(dark)[dark], 90) if dark.any() else 0.0
     width_light = np.percentile(ndimage.distance_transform_edt(~dark)[~dark], 90) if (~dark).any() else 0.0
     strokes = float(np.clip(np.log((width_light + 0.5) / (width_dark + 0.5)), -1, 1))
-    return 2 * border, strokes
+    n_dark, n_light = _pieces(dark), _pieces(~dark)
+    pieces = 1.0 if n_dark == 1 < n_light else -1.0 if n_light == 1 < n_dark else 0.0
+    return 2 * border, strokes, pieces
 
 
 def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
