@@ -86,28 +86,30 @@ def add_export(sub, common: argparse.ArgumentParser) -> None:
     _add_data_flags(p)
 
 
-def add_calibrate(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "calibrate", parents=[common],
-        help="fit the temperature on the run's validation split; report the test-set calibration error before and after",
-    )  # fmt: skip
+def _fitting_parser(sub, common: argparse.ArgumentParser, name: str, help: str) -> argparse.ArgumentParser:
+    """A command that fits something to a run on its data (calibrate, gate): RUN and the shared flags."""
+    p = sub.add_parser(name, parents=[common], help=help)
     p.add_argument("run", type=Path, help="run (model) folder, run name in --runs-dir, or latest")
     _add_runs_dir_flag(p)
     _add_data_flags(p)
     _add_runtime_flags(p)
+    return p
+
+
+def add_calibrate(sub, common: argparse.ArgumentParser) -> None:
+    _fitting_parser(
+        sub, common, "calibrate",
+        "fit the temperature on the run's validation split; report the test-set calibration error before and after",
+    )  # fmt: skip
 
 
 def add_gate(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "gate", parents=[common],
-        help="fit the run's digit gate (is this a digit at all?) on its training digits and generated not-digits; threshold set on its validation digits",
+    p = _fitting_parser(
+        sub, common, "gate",
+        "fit the run's digit gate (is this a digit at all?) on its training digits and generated not-digits; threshold set on its validation digits",
     )  # fmt: skip
-    p.add_argument("run", type=Path, help="run (model) folder, run name in --runs-dir, or latest")
     p.add_argument("--digits", type=int, default=48_000, metavar="N", help="training digits, as written, corrupted, photographed and drawn (default: 48000)")  # fmt: skip
     p.add_argument("--not-digits", type=int, default=18_000, metavar="N", help="generated not-digits (default: 18000)")  # fmt: skip
-    _add_runs_dir_flag(p)
-    _add_data_flags(p)
-    _add_runtime_flags(p)
 
 
 def cmd_gate(args) -> int:
