@@ -16,7 +16,7 @@ from torch import nn
 
 from .averaging import TTA
 from .errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
-from .folder import GATE_SECTION, LABELS, MNIST_NORMALIZATION, ONNX_FILES, ModelFolder
+from .folder import GATE_SECTION, LABELS, MNIST_NORMALIZATION, ONNX_FILES, ModelFolder, gate_sha256
 from .inputs import as_mnist_images
 from .runtime import select_device
 
@@ -285,7 +285,7 @@ class OnnxClassifier(BaseClassifier):
         self._gated = DIGIT_OUTPUT in [o.name for o in self.session.get_outputs()]
         self.device = torch.device("cpu")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        gate = (self.config.get(GATE_SECTION) or {}).get("sha256")
+        gate = gate_sha256(self.config)
         if gate != (self.config.get(section) or {}).get(GATE_SHA256) or bool(gate) != self._gated:
             raise ModelFolderError(
                 f"{path} was exported before the folder's digit gate was fitted, or with another one; re-export"

@@ -35,7 +35,16 @@ from torch import nn
 from ._version import __version__
 from .classifier import DIGIT_OUTPUT, GATE_SHA256, NORMALIZATION_IN_GRAPH, OnnxClassifier, require_onnx
 from .errors import MnistCnnError
-from .folder import GATE_SECTION, LABELS, MNIST_NORMALIZATION, ONNX_FILE, ONNX_SHA256, ModelFolder, atomic_write
+from .folder import (
+    GATE_SECTION,
+    LABELS,
+    MNIST_NORMALIZATION,
+    ONNX_FILE,
+    ONNX_SHA256,
+    ModelFolder,
+    atomic_write,
+    gate_sha256,
+)
 from .inference import load_model
 
 __all__ = [
@@ -139,11 +148,6 @@ def export_onnx(folder: str | os.PathLike, opset: int = OPSET) -> Path:
     })  # fmt: skip
     log.info("wrote %s (opset %d, %s exporter)", folder / ONNX_FILE, opset, exporter)
     return folder / ONNX_FILE
-
-
-def gate_sha256(config: dict) -> str | None:
-    """The SHA-256 of the folder's digit gate (None without one), which an export records."""
-    return (config.get(GATE_SECTION) or {}).get("sha256")
 
 
 def pixel_graph(

@@ -259,6 +259,11 @@ class ModelFolder:
         return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
+def gate_sha256(config: dict) -> str | None:
+    """The SHA-256 of the folder's digit gate recorded in its config (None without one); an export records it too."""
+    return (config.get(GATE_SECTION) or {}).get("sha256")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

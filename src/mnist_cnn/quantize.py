@@ -41,8 +41,8 @@ from torch import nn
 from .classifier import GATE_SHA256, NORMALIZATION_IN_GRAPH, PIXELS, require_onnx, to_model_input
 from .config import validation_of
 from .data import split_validation
-from .export import INPUT, OPSET, ExportError, gate_sha256, onnx_metadata, pixel_graph, with_metadata
-from .folder import ONNX_FILES, ONNX_SHA256, ModelFolder, atomic_write
+from .export import INPUT, OPSET, ExportError, onnx_metadata, pixel_graph, with_metadata
+from .folder import ONNX_FILES, ONNX_SHA256, ModelFolder, atomic_write, gate_sha256
 from .inference import load_model
 
 __all__ = ["CALIBRATION_IMAGES", "INT8_FILE", "MIN_AGREEMENT", "calibration_images", "int8_network",

@@ -113,7 +113,7 @@ def add_gate(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_gate(args) -> int:
-    from ..folder import ModelFolder
+    from ..folder import CONFIG, GATE, ModelFolder
     from ..gate import fit_run_gate
     from ..inference import load_model, read_config
     from ..runtime import configure_threads
@@ -132,7 +132,7 @@ def cmd_gate(args) -> int:
     )
     print(f"refuses {record['validation_digits_refused']:.2%} of validation digits and "
           f"{record['held_out_not_digits_refused']:.2%} of not-digits drawn apart")  # fmt: skip
-    print(f"saved in {args.run / 'gate.safetensors'} and {args.run / 'config.json'}")
+    print(f"saved in {args.run / GATE} and {args.run / CONFIG}")
     return 0
 
 

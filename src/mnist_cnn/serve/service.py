@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..config import ServeSettings as Settings
 from ..errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
+from ..folder import GATE_SECTION
 from ..inference import load_model, read_config
 from .batcher import MicroBatcher, QueueFull
 from .decoding import DecodeGate, DecodeRefused
@@ -176,7 +177,7 @@ class Service:
 
 def _gate_info(config: dict) -> dict | None:
     """What /v1/model says of the model's digit gate (None without one): its threshold and what it refuses."""
-    gate = config.get("digit_gate")
+    gate = config.get(GATE_SECTION)
     if not isinstance(gate, dict):
         return None
     keys = ("threshold", "fitted_on", "validation_digits_refused", "held_out_not_digits_refused")
