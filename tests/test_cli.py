@@ -262,3 +262,27 @@ def test_the_worker_pool_is_kept_for_many_files_that_are_not_tiny(tmp_path, monk
     assert parallel.default_workers(large) == 2
     assert parallel.default_workers(small) == 0  # 28x28 PNGs: faster in one process
     assert parallel.default_workers(large[:10]) == 0  # a pool's start costs more than it saves
+
+
+def test_worker_processes_do_not_run_the_parents_script_again(tmp_path, mnist):
+    """``mnist-cnn`` is a script that imports the whole CLI (and PyTorch, ~1.7 s of CPU): a spawned worker
+    would run it again before preprocessing anything. A script whose top level leaves a mark shows who ran it."""
+    for i in range(4):
+        Image.fromarray(mnist.test_images[i].numpy()).resize((56, 56)).save(tmp_path / f"d{i}.png")
+    marks = tmp_path / "marks"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, sys\n"
+        f"open({str(marks)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+        "from pathlib import Path\n"
+        "from mnist_cnn.parallel import framing\n"
+        "if __name__ == '__main__':\n"
+        f"    paths = sorted(Path({str(tmp_path)!r}).glob('*.png'))\n"
+        "    with framing(paths, 2) as outcomes:\n"
+        "        frames = [frame for _, frame in outcomes]\n"
+        "    print(len(frames), all(f.shape == (28, 28) for f in frames), sys.modules['__main__'].__file__)\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["4", "True", str(script)]  # every frame, and the script's name given back
+    assert len(marks.read_text().splitlines()) == 1  # the parent alone: before, once more in each worker
