@@ -123,7 +123,7 @@ def _paper(grey: np.ndarray, record: PreprocessRecord) -> tuple[np.ndarray, np.n
     bg, resid, minority = _flat_paper(grey)
     big = min(grey.shape) >= 32
     if minority < MAX_INK_SHARE:
-        record.inverted = _strong_ink(resid, True) > _strong_ink(resid, False)
+        record.inverted = _more_dark_ink(resid)
         fit = bg
         if big:
             local = _local_paper(grey, record.inverted)
@@ -157,10 +157,11 @@ def _light_left(fit: np.ndarray) -> float:
     return float(lo) / max(float(hi), 1e-6)
 
 
-def _strong_ink(resid: np.ndarray, dark: bool) -> float:
-    """How much ink of one polarity stands out from a smooth paper: the summed deviations beyond 4 noise levels."""
-    spread = _spread(resid, None)
-    return float(np.clip((-resid if dark else resid) - (4 * spread + 0.02), 0, None).sum())
+def _more_dark_ink(resid: np.ndarray) -> bool:
+    """Whether more dark than light ink stands out from a smooth paper: the summed deviations beyond 4 noise
+    levels on either side."""
+    level = 4 * _spread(resid, None) + 0.02
+    return float(np.clip(-resid - level, 0, None).sum()) > float(np.clip(resid - level, 0, None).sum())
 
 
 def _local_paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
@@ -187,7 +188,7 @@ def _shadowed_polarity(grey: np.ndarray, fits: dict[bool, np.ndarray], otherwise
     if edge is None:
         return float(np.median(grey)) > 0.5 if otherwise is None else otherwise
     resid = grey - edge
-    return _strong_ink(resid, True) > _strong_ink(resid, False)
+    return _more_dark_ink(resid)
 
 
 def _sharp_light(grey: np.ndarray, local: np.ndarray, dark_ink: bool) -> np.ndarray:

@@ -61,7 +61,9 @@ def background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
         resid = z - basis @ coef
         # From known paper, the spread of the pixels kept so far: ink never sets the tolerance, nor joins the fit.
         spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
-        keep = known & (np.abs(resid) < 2.5 * spread)
+        kept, keep = keep, known & (np.abs(resid) < 2.5 * spread)
+        if np.array_equal(kept, keep):  # the next fit would be this one again
+            break
     if not coef.any():
         return np.full_like(grey, float(np.median(grey)))
     return _surface(h, w, coef).astype(np.float32)
