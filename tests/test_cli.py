@@ -286,3 +286,15 @@ def test_worker_processes_do_not_run_the_parents_script_again(tmp_path, mnist):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["4", "True", str(script)]  # every frame, and the script's name given back
     assert len(marks.read_text().splitlines()) == 1  # the parent alone: before, once more in each worker
+
+
+def test_with_a_worker_pool_the_model_takes_the_cores_the_workers_leave(monkeypatch):
+    from mnist_cnn import runtime
+    from mnist_cnn.cli.images import _model_threads
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    assert _model_threads(0, workers=2) == 1  # both cores preprocess: one model thread, not two spinning
+    assert _model_threads(0, workers=0) == 0  # no pool: one thread per core, as before
+    assert _model_threads(3, workers=2) == 3  # --threads is obeyed
+    monkeypatch.setattr(runtime, "available_cores", lambda: 8)
+    assert _model_threads(0, workers=2) == 6
