@@ -2,8 +2,9 @@
 
 Preprocessing (decode, paper, ink, frame) is Python and NumPy work that holds one core per image, so a
 folder of photos goes as fast as the cores allow only when each core takes its own files. The workers
-are started with ``spawn`` (never ``fork``: the parent may hold BLAS and PyTorch threads a forked child
-would inherit in an unknown state) and import only the preprocessing modules, not the model.
+are forked from a fresh ``forkserver`` process that has imported only the preprocessing modules, or
+spawned where there is none (never forked from the caller: it may hold BLAS and PyTorch threads a forked
+child would inherit in an unknown state); none imports the model or PyTorch.
 """
 
 from __future__ import annotations
@@ -73,13 +74,23 @@ def framing(paths: list[Path], workers: int) -> Iterator[Iterator[tuple[Path, np
     if workers <= 1:
         yield ((path, frame_or_error(path)) for path in paths)
         return
-    pool = ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(min(workers, len(paths)), mp_context=_context())
     try:
         with _main_script_hidden():  # map() submits every chunk at once: the workers start here
             answers = pool.map(frame_or_error, paths, chunksize=CHUNK)
         yield zip(paths, answers, strict=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fresh server process that has imported the preprocessing once (``forkserver``:
+    one import for all workers, about 0.35 s of CPU each saved), or spawned where there is no such server."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mnist_cnn.preprocess"])
+    return context
 
 
 @contextmanager
