@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,26 @@ def _describe(source) -> str:
     if isinstance(source, np.ndarray):
         return "<array>"
     return getattr(source, "filename", None) or getattr(source, "name", None) or "<image>"
+
+
+def readable_twice(source) -> Callable[[], object]:
+    """A function that gives ``source`` afresh at each call, so that :func:`decode_image` can read it twice: a
+    file object is read into memory once (never more than ``MAX_BYTES`` + 1) and given as a buffer with its
+    name, so messages still name it; anything else is given as it is."""
+    if not hasattr(source, "read"):
+        return lambda: source
+    name = _describe(source)
+    try:
+        data = source.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
+
+    def again() -> io.BytesIO:
+        buffer = io.BytesIO(data)
+        buffer.name = name
+        return buffer
+
+    return again
 
 
 def _open(source, name: str) -> Image.Image:
