@@ -3,15 +3,17 @@
 Folders (made in a temporary folder from MNIST test digits, seeded):
 
 - photos: digits rendered by ``mnist_cnn.synthetic`` as phone photos of handwriting (JPEG quality 85, 80-320 px);
-- png28: the 28x28 test images themselves as PNG files (white on black, what a data set hands over).
+- png28: the 28x28 test images themselves as PNG files (white on black, what a data set hands over);
+- phone: photos of the same kind enlarged to phone sizes, 0.3, 3 and 12 megapixels in turn (JPEG quality 90):
+  the cost of decoding and of finding one digit in a large image (the enlargement adds no detail).
 
 For each folder, ``mnist-cnn predict FOLDER --workers N`` is run as a user runs it (a new process) for each
 N in ``--workers`` (0: one process); files/s excludes the interpreter's start and the model's load, which are
 measured apart (the same command on one file) and reported as ``start_s``. Then, in this process, the
 milliseconds per file of each step of ``preprocess_image`` on the photos (decode, ink map, framing).
 
-    python benchmarks/image_path.py                      # 600 photos, 1,000 PNGs, workers 0 and 2
-    python benchmarks/image_path.py --photos 300 --pngs 300 --workers 0 --json-out out.json
+    python benchmarks/image_path.py                      # 600 photos, 1,000 PNGs, 60 phone photos, workers 0 and 2
+    python benchmarks/image_path.py --photos 300 --pngs 300 --phone 0 --workers 0 --json-out out.json
 
 Prints JSON, then a short table on stderr. Figures depend on the machine and on what else runs on it.
 """
@@ -41,12 +43,20 @@ from mnist_cnn.synthetic import render_digit
 EXE = [sys.executable, "-m", "mnist_cnn"]
 
 
-def make_folders(root: Path, photos: int, pngs: int) -> dict[str, Path]:
+PHONE_SIZES = ((640, 480), (2000, 1500), (4000, 3000))  # 0.3, 3 and 12 megapixels
+
+
+def make_folders(root: Path, photos: int, pngs: int, phone: int = 0) -> dict[str, Path]:
     data = load_mnist()
     rng = np.random.default_rng(0)
-    folders = {"photos": root / "photos", "png28": root / "png28"}
+    folders = {"photos": root / "photos", "png28": root / "png28"} | ({"phone": root / "phone"} if phone else {})
     for folder in folders.values():
         folder.mkdir()
+    for i in range(phone):
+        photo = render_digit(data.test_images[photos + i].numpy(), rng).convert("RGB")
+        photo.resize(PHONE_SIZES[i % len(PHONE_SIZES)], Image.Resampling.BICUBIC).save(
+            folders["phone"] / f"{i:05d}.jpg", quality=90
+        )
     for i in range(photos):
         render_digit(data.test_images[i].numpy(), rng).convert("RGB").save(
             folders["photos"] / f"{i:05d}.jpg", quality=85
@@ -102,12 +112,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--photos", type=int, default=600, help="photos in the photo folder (default: 600)")
     p.add_argument("--pngs", type=int, default=1000, help="28x28 PNGs in the PNG folder (default: 1000)")
+    p.add_argument("--phone", type=int, default=60,
+                   help="phone-sized photos (0.3, 3 and 12 MP in turn) in a third folder; 0: none (default: 60)")  # fmt: skip
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="predict --workers values (default: 0 2)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each command; the median is kept (default: 3)")
     p.add_argument("--json-out", type=Path, default=None, help="also write the JSON here (default: none)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folders = make_folders(Path(tmp), args.photos, args.pngs)
+        folders = make_folders(Path(tmp), args.photos, args.pngs, args.phone)
         result = {
             "benchmark": "image_path",
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
