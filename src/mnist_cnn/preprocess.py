@@ -234,6 +234,8 @@ def _drop_printed_lines(ink: np.ndarray, spread: float, span: float, record: Pre
     for axis, side in ((1, ink.shape[1]), (0, ink.shape[0])):
         length = max(8, round(span * side))
         runs = long_runs(mask, length, axis)
+        if not runs.any():
+            continue
         width = max(PRINTED_LINE_WIDTH, round(0.03 * min(ink.shape)))
         thick = square_opening(runs, width)
         lines |= runs & ~ndimage.binary_dilation(thick)  # thin runs only: a bold bar is a stroke

@@ -80,9 +80,9 @@ def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
     rows, starts = np.nonzero(edges == 1)
     _, ends = np.nonzero(edges == -1)  # row-major order: each run's end pairs with its start
     keep = ends - starts >= length
-    marks = np.zeros((m.shape[0], m.shape[1] + 1), np.int32)
-    np.add.at(marks, (rows[keep], starts[keep]), 1)
-    np.add.at(marks, (rows[keep], ends[keep]), -1)
+    marks = np.zeros((m.shape[0], m.shape[1] + 1), np.int8)
+    marks[rows[keep], starts[keep]] = 1  # runs are apart: no start meets another's start or end
+    marks[rows[keep], ends[keep]] = -1
     out = np.cumsum(marks, axis=1)[:, :-1] > 0
     return out if axis == 1 else out.T
 
@@ -210,6 +210,8 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
         if stubs.any() and across.any():
             labels = np.where(_box_sides(stubs, _line_ends(across, 1 - axis), axis), stubs, labels)  # one id per run
         found.append((axis, labels, int(labels.max())))
+    if not any(count for *_, count in found):  # no straight run long enough to be a line
+        return ink, 0
     candidates = np.zeros_like(mask)
     for _, labels, _ in found:
         candidates |= labels > 0
