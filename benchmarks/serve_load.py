@@ -3,7 +3,9 @@
 Starts ``mnist-cnn serve RUN`` on a free loopback port (or drives ``--url``), waits for
 ``/readyz``, then at each concurrency level sends a bounded number of ``POST /v1/predict``
 requests with 784 JSON pixel values (real MNIST test digits when ``MNIST_CNN_DATA`` is set,
-else random images), over keep-alive connections, one connection per concurrent client.
+else random images), over keep-alive connections, one connection per concurrent client. With
+``--uploads`` each request uploads a photo of a digit instead (multipart ``image`` field, a 112x112 PNG
+made by ``mnist_cnn.synthetic`` from a test digit), which the service decodes and preprocesses.
 The client is a minimal HTTP/1.1 client on asyncio (uvloop when installed): a general-purpose
 one (httpx, aiohttp) costs more CPU per request than the server, and on a 2-core machine it
 shares the cores with the server.
@@ -11,6 +13,7 @@ shares the cores with the server.
     python benchmarks/serve_load.py RUN                          # concurrency 1, 4, 8, 16, 32
     python benchmarks/serve_load.py RUN --concurrency 16 --requests 20000 --rounds 3
     python benchmarks/serve_load.py --url http://127.0.0.1:8000  # a service already running
+    python benchmarks/serve_load.py RUN --uploads --concurrency 1 16 64 --requests 1000
 
 Prints JSON, then a table on stderr. Every non-200 answer or connection error counts as an error.
 """
@@ -66,11 +69,44 @@ def pixel_bodies(n: int = 256) -> list[bytes]:
     return [json.dumps({"pixels": img.ravel().tolist()}, separators=(",", ":")).encode() for img in images]
 
 
-async def client(host, port, path, bodies, count, latencies, errors, offset):
+BOUNDARY = "mnist-cnn-load-test"
+UPLOAD_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+UPLOAD_SIDE = 112  # px: a photo of a digit as the page sends it, scaled down in the browser
+
+
+def upload_bodies(n: int = 64) -> list[bytes]:
+    """Multipart bodies, each a photographed test digit (random digits without the data) as a PNG."""
+    import io
+
+    from PIL import Image
+
+    from mnist_cnn.synthetic import render_digit
+
+    images = np.random.default_rng(0).integers(0, 2, (n, 28, 28), dtype=np.uint8) * 255
+    with contextlib.suppress(Exception):
+        from mnist_cnn import load_mnist
+
+        images = load_mnist(os.environ["MNIST_CNN_DATA"], download=False).test_images[:n].numpy()
+    rng, bodies = np.random.default_rng(0), []
+    for img in images:
+        buf = io.BytesIO()
+        render_digit(img, rng).convert("L").resize((UPLOAD_SIDE, UPLOAD_SIDE), Image.Resampling.LANCZOS).save(
+            buf, "PNG"
+        )
+        bodies.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="digit.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + buf.getvalue()
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
+    return bodies
+
+
+async def client(host, port, path, bodies, count, latencies, errors, offset, content_type="application/json"):
     """One keep-alive connection sending ``count`` requests one after another."""
     reader, writer = await asyncio.open_connection(host, port)
     heads = [
-        (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
          f"Content-Length: {len(b)}\r\n\r\n").encode() + b
         for b in bodies
     ]  # fmt: skip
@@ -98,14 +134,17 @@ async def client(host, port, path, bodies, count, latencies, errors, offset):
             await writer.wait_closed()
 
 
-async def level(url: str, concurrency: int, requests: int, bodies: list[bytes]) -> dict:
+async def level(
+    url: str, concurrency: int, requests: int, bodies: list[bytes], content_type: str = "application/json"
+) -> dict:
     parts = urlsplit(url)
     latencies: list[float] = []
     errors: list[str] = []
     per = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
     t0 = time.perf_counter()
     await asyncio.gather(*(
-        client(parts.hostname, parts.port, "/v1/predict", bodies, n, latencies, errors, i * 17) for i, n in enumerate(per)
+        client(parts.hostname, parts.port, "/v1/predict", bodies, n, latencies, errors, i * 17, content_type)
+        for i, n in enumerate(per)
     ))  # fmt: skip
     wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1e3
@@ -131,16 +170,16 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def run_levels(url: str, concurrencies, requests: int, rounds: int, warmup: int) -> list[dict]:
+def run_levels(url: str, concurrencies, requests: int, rounds: int, warmup: int, uploads: bool = False) -> list[dict]:
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    bodies = pixel_bodies()
-    asyncio.run(level(url, 8, warmup, bodies))  # connections, caches, the model's first batch sizes
+    bodies, kind = (upload_bodies(), UPLOAD_TYPE) if uploads else (pixel_bodies(), "application/json")  # fmt: skip
+    asyncio.run(level(url, 8, warmup, bodies, kind))  # connections, caches, the model's first batch sizes
     results = []
     for c in concurrencies:
-        runs = [asyncio.run(level(url, c, requests, bodies)) for _ in range(rounds)]
+        runs = [asyncio.run(level(url, c, requests, bodies, kind)) for _ in range(rounds)]
         med = sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2]
         results.append({**med, "rounds": [{k: r[k] for k in ("requests_per_s", "p99_ms", "errors")} for r in runs],
                         "errors": sum(r["errors"] for r in runs)})  # fmt: skip
@@ -158,6 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=10000, help="requests per level and round (default: 10000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per level; the median round is reported (default: 3)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2000, help="requests sent before measuring (default: 2000)")
+    p.add_argument("--uploads", action="store_true", help="upload photos of digits (multipart PNG) instead of JSON pixels")  # fmt: skip
     p.add_argument("--serve-args", default="", help="extra flags for mnist-cnn serve, e.g. '--runtime torch'")
     p.add_argument("--server-log", type=Path, default=None, help="file for the server's log (default: discarded)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -177,7 +217,7 @@ def main(argv=None) -> int:
         wait_ready(url, proc=proc)
         with urllib.request.urlopen(url + "/v1/model") as r:
             model = json.load(r)
-        results = run_levels(url, args.concurrency, args.requests, args.rounds, args.warmup)
+        results = run_levels(url, args.concurrency, args.requests, args.rounds, args.warmup, args.uploads)
     finally:
         if proc is not None:
             proc.terminate()
@@ -191,7 +231,12 @@ def main(argv=None) -> int:
             "serve_args": args.serve_args,
             "server_log": str(args.server_log) if args.server_log else "discarded (/dev/null)",
         },
-        "request": "POST /v1/predict, JSON body with 784 pixel values (0-255), keep-alive, one connection per client",
+        "request": (
+            f"POST /v1/predict, multipart upload of a {UPLOAD_SIDE}x{UPLOAD_SIDE} PNG photo of a digit"
+            if args.uploads
+            else "POST /v1/predict, JSON body with 784 pixel values (0-255)"
+        )
+        + ", keep-alive, one connection per client",
         "levels": results,
     }
     text = json.dumps(out, indent=2)

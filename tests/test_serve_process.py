@@ -60,6 +60,15 @@ def test_load_smoke_a_few_hundred_requests_at_concurrency_8(server):
     assert batches["images"] >= 400  # every request went through the micro-batcher
 
 
+def test_load_smoke_uploads_photos_and_every_one_is_answered(server):
+    """The load test's --uploads: multipart PNG photos of digits, decoded and read by the service."""
+    import asyncio
+
+    bodies = serve_load.upload_bodies(8)
+    result = asyncio.run(serve_load.level(server, 4, 40, bodies, serve_load.UPLOAD_TYPE))
+    assert result["requests"] == 40 and result["errors"] == 0, result
+
+
 def test_graceful_shutdown_lets_in_flight_requests_finish(exported_run):
     # Each forward pass waits 1.5 s for more requests, so a request is surely in flight at SIGTERM.
     proc, url = start_server(exported_run, "--batch-wait-ms", "1500", "--runtime", "torch")
