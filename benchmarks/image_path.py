@@ -9,7 +9,7 @@ Folders (made in a temporary folder from MNIST test digits, seeded):
 
 For each folder, ``mnist-cnn predict FOLDER --workers N`` is run as a user runs it (a new process) for each
 N in ``--workers`` (0: one process); files/s excludes the interpreter's start and the model's load, which are
-measured apart (the same command on one file) and reported as ``start_s``. Then, in this process, the
+measured apart (the same command on one file, right before each run) and reported as ``start_s``. Then, in this process, the
 milliseconds per file of each step of ``preprocess_image`` on the photos (decode, ink map, framing).
 
     python benchmarks/image_path.py                      # 600 photos, 1,000 PNGs, 60 phone photos, workers 0 and 2
@@ -66,25 +66,28 @@ def make_folders(root: Path, photos: int, pngs: int, phone: int = 0) -> dict[str
     return folders
 
 
-def _run(args: list, repeats: int) -> float:
-    """Median wall seconds of a command run ``repeats`` times."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([*EXE, *map(str, args)], check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _wall(args: list) -> float:
+    """Wall seconds of one ``mnist-cnn`` command."""
+    start = time.perf_counter()
+    subprocess.run([*EXE, *map(str, args)], check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def cli_rates(folder: Path, workers: list[int], repeats: int) -> dict:
+    """files/s of ``predict`` on the folder for each worker count, the start (the same command on one file)
+    measured right before each run and subtracted from it: the median over ``repeats`` such pairs."""
     files = sorted(folder.iterdir())
-    start = _run(["predict", files[0], "--no-progress"], repeats)
-    out = {"files": len(files), "start_s": round(start, 3)}
+    starts, walls = [], {n: [] for n in workers}
+    for _ in range(repeats):
+        for n in workers:
+            starts.append(_wall(["predict", files[0], "--no-progress"]))
+            walls[n].append(_wall(["predict", folder, "--no-progress", "--workers", n]) - starts[-1])
+    out = {"files": len(files), "start_s": round(statistics.median(starts), 3)}
     for n in workers:
-        total = _run(["predict", folder, "--no-progress", "--workers", n], repeats)
         out[f"workers_{n}"] = {
-            "wall_s": round(total, 3),
-            "files_per_s": round(len(files) / max(total - start, 1e-3), 1),
+            "wall_s": round(statistics.median(walls[n]) + out["start_s"], 3),
+            "files_per_s": round(statistics.median(len(files) / max(w, 1e-3) for w in walls[n]), 1),
+            "files_per_s_runs": sorted(round(len(files) / max(w, 1e-3), 1) for w in walls[n]),
         }
     return out
 
