@@ -74,19 +74,21 @@ UPLOAD_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 UPLOAD_SIDE = 112  # px: a photo of a digit as the page sends it, scaled down in the browser
 
 
-def upload_bodies(n: int = 64) -> list[bytes]:
-    """Multipart bodies, each a photographed test digit (random digits without the data) as a PNG."""
+def upload_bodies(n: int = 64, images: np.ndarray | None = None) -> list[bytes]:
+    """Multipart bodies, each a photographed digit as a PNG: of ``images`` (uint8 (N, 28, 28)), else of test
+    digits when ``MNIST_CNN_DATA`` is set, else of random ones."""
     import io
 
     from PIL import Image
 
     from mnist_cnn.synthetic import render_digit
 
-    images = np.random.default_rng(0).integers(0, 2, (n, 28, 28), dtype=np.uint8) * 255
-    with contextlib.suppress(Exception):
-        from mnist_cnn import load_mnist
+    if images is None:
+        images = np.random.default_rng(0).integers(0, 2, (n, 28, 28), dtype=np.uint8) * 255
+        with contextlib.suppress(Exception):
+            from mnist_cnn import load_mnist
 
-        images = load_mnist(os.environ["MNIST_CNN_DATA"], download=False).test_images[:n].numpy()
+            images = load_mnist(os.environ["MNIST_CNN_DATA"], download=False).test_images[:n].numpy()
     rng, bodies = np.random.default_rng(0), []
     for img in images:
         buf = io.BytesIO()

@@ -149,3 +149,56 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", str(run), "--port", str(port)]) == 2
     assert capsys.readouterr().err == f"error: port {port} is in use; choose another with --port\n"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc): the server's forkserver and the decoding processes under it."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _upload(url: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url + "/v1/predict", data=body, headers={"content-type": serve_load.UPLOAD_TYPE})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoding processes in /proc")
+def test_uploads_decoded_in_separate_processes_answer_as_threads_do_and_survive_a_killed_one(exported_run, mnist):
+    """--decode-processes: photos of digits decoded beside the server, the same answers and the same 4xx as in
+    threads; when a decoding process is killed, the uploads go on (in threads) instead of failing."""
+    photos = serve_load.upload_bodies(6, mnist.test_images[:6].numpy())
+    garbage = photos[0].replace(b"\x89PNG", b"\x89GIF", 1)
+    answers = {}
+    for flags in ([], ["--decode-processes", "1"]):
+        proc, url = start_server(exported_run, "--no-access-log", *flags)
+        try:
+            answers[bool(flags)] = [_upload(url, body) for body in [*photos, garbage]]
+            if flags:
+                decoders = _descendants(proc.pid)
+                assert decoders, "no decoding process under the server"
+                for pid in decoders:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.5)
+                after = [_upload(url, body) for body in photos]
+                assert after == answers[True][:6]  # the same answers, now from threads
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    assert answers[True] == answers[False]
+    assert [status for status, _ in answers[True]] == [200] * 6 + [415]
+    assert all(0 <= body["label"] <= 9 and len(body["probabilities"]) == 10 for _, body in answers[True][:6])

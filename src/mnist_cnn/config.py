@@ -336,6 +336,7 @@ class ServeSettings:
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "below this probability the answer is flagged not confident"})  # fmt: skip
     decode_slots: int = field(default=0, metadata={"help": "uploads decoded at once (0: one per CPU core); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
     decode_pixels: int = field(default=0, metadata={"help": "most pixels (width x height, as the uploads' headers declare them) decoded at once, which bounds the decodes' memory together: about 16 bytes a pixel for the worst formats (0: --max-image-pixels, one full-size image at a time); more wait, up to --decode-wait-s, then 503"})  # fmt: skip
+    decode_processes: int = field(default=0, metadata={"help": "processes beside the server that decode and preprocess the photos of /v1/predict (0: the server's own threads, one core's worth of Python); on a machine with cores to spare, one per core about doubles the uploads a second"})  # fmt: skip
     decode_wait_s: float = field(default=5.0, metadata={"help": "longest an upload waits for a decode slot and its pixels before 503 + Retry-After (below common client timeouts)"})  # fmt: skip
     limit_concurrency: int = field(default=900, metadata={"help": "most open connections: at the cap a new one closes the connection idle longest (408), or gets 503 when all are busy; lowered to leave 64 file descriptors under a tighter ulimit -n, so a flood of silent sockets cannot take the process off the air"})  # fmt: skip
     timeout_keep_alive_s: int = field(default=5, metadata={"help": "close an idle keep-alive connection after this many seconds"})  # fmt: skip
@@ -356,10 +357,14 @@ class ServeSettings:
             raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
         if not self.header_timeout_s > 0:
             raise ValueError(f"header_timeout_s must be above 0, got {self.header_timeout_s}")
-        if min(self.batch_wait_ms, self.retry_after_s, self.decode_slots, self.decode_pixels, self.decode_wait_s) < 0:
+        if min(self.batch_wait_ms, self.retry_after_s, self.decode_slots, self.decode_pixels, self.decode_processes,
+               self.decode_wait_s) < 0:  # fmt: skip
             raise ValueError(
-                "batch_wait_ms, retry_after_s, decode_slots, decode_pixels and decode_wait_s must not be negative"
+                "batch_wait_ms, retry_after_s, decode_slots, decode_pixels, decode_processes and decode_wait_s must not"
+                " be negative"
             )
+        if self.decode_processes > MAX_THREADS:
+            raise ValueError(f"decode_processes must be at most {MAX_THREADS}, got {self.decode_processes}")
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
 

@@ -83,6 +83,17 @@ def framing(paths: list[Path], workers: int) -> Iterator[Iterator[tuple[Path, np
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes for preprocessing (as :func:`framing`'s), all started before this returns: for a
+    server, whose main script must not run again in them either."""
+    pool = ProcessPoolExecutor(workers, mp_context=_context())
+    with _main_script_hidden():  # each submit starts a process while none is idle
+        started = [pool.submit(os.getpid) for _ in range(workers)]
+    for future in started:
+        future.result()
+    return pool
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """Workers forked from a fresh server process that has imported the preprocessing once (``forkserver``:
     one import for all workers, about 0.35 s of CPU each saved), or spawned where there is no such server."""

@@ -75,5 +75,5 @@ async def _read_image(request: Request, service: Service) -> tuple[np.ndarray, f
         async with service.upload():
             data, fields = await parsing.read_upload(request)
             min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), default)
-            return await service.decode(decode_upload, data, service.settings), min_confidence
+            return await service.decode(decode_upload, data, service.settings, separate=True), min_confidence
     raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; send application/json or multipart/form-data", "content-type")  # fmt: skip

@@ -10,6 +10,8 @@ import contextlib
 import logging
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class Service:
         self.started = time.time()
         self.parameters: int | None = None
         self.uploads = 0  # uploads being received, waiting for a decode slot or decoded now
+        self.decoders: ProcessPoolExecutor | None = None  # --decode-processes, started with the service
         # A decode holds memory in proportion to its pixels: a few at once, never one per waiting client.
         self.decoding = DecodeGate(settings.decode_slots or _cores(), settings.decode_pixels or settings.max_image_pixels,
                                    settings.decode_wait_s)  # fmt: skip
@@ -71,6 +74,7 @@ class Service:
             raise ModelFolderError(f"model {self.model_dir} could not be loaded: {exc}") from None
 
     async def start(self) -> None:
+        await self._start_decoders()
         if self.classifier is not None:  # loaded by load_now
             self._start_batcher(0.0)
             return
@@ -91,9 +95,22 @@ class Service:
         log.info("model %s ready (%s, %s runtime) in %.2f s", self.model_dir, self.config["architecture"],
                  s.runtime, load_s)  # fmt: skip
 
+    async def _start_decoders(self) -> None:
+        """The processes that decode uploads (``decode_processes``); the server's threads do it when there are
+        none, or when they cannot be started."""
+        from ..parallel import process_pool
+
+        if self.settings.decode_processes:
+            try:
+                self.decoders = await asyncio.to_thread(process_pool, self.settings.decode_processes)
+            except (OSError, RuntimeError, BrokenProcessPool) as exc:
+                log.error("decoding processes could not be started (%s); uploads are decoded in threads", exc)
+
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.decoders is not None:
+            self.decoders.shutdown(wait=False, cancel_futures=True)
 
     def _check_ready(self) -> None:
         if self.batcher is None:
@@ -124,14 +141,26 @@ class Service:
         finally:
             self.uploads -= 1
 
-    async def decode(self, fn, data: bytes, *args):
+    async def decode(self, fn, data: bytes, *args, separate: bool = False):
         """``fn(data, *args)`` in a worker thread once a decode slot and the pixels ``data``'s header declares are free
-        (:class:`~.decoding.DecodeGate`); 503 + Retry-After when they are not within ``decode_wait_s``."""
+        (:class:`~.decoding.DecodeGate`); 503 + Retry-After when they are not within ``decode_wait_s``. ``separate``:
+        in a decoding process when there are some (``fn`` and its arguments then travel by pickle)."""
         try:
             async with self.decoding.admit(header_pixels(data, self.settings)):
+                if separate and self.decoders is not None:
+                    with contextlib.suppress(BrokenProcessPool):
+                        return await asyncio.wrap_future(self.decoders.submit(fn, data, *args))
+                    self._lost_decoders()
                 return await run_in_threadpool(fn, data, *args)
         except DecodeRefused:
             raise busy(self.settings.retry_after_s, "the server is decoding other images; retry shortly") from None
+
+    def _lost_decoders(self) -> None:
+        """A decoding process died (killed from outside, out of memory): uploads go on in threads from now on."""
+        if self.decoders is not None:
+            log.error("a decoding process ended unexpectedly; uploads are decoded in threads from now on")
+            self.decoders.shutdown(wait=False, cancel_futures=True)
+            self.decoders = None
 
     async def read(self, data: bytes, min_confidence: float) -> dict:
         """Read every digit in an uploaded image (decoding, segmentation and its forward passes in a worker thread)."""
