@@ -60,9 +60,9 @@ LOCAL_SIDE = 128  # shadows: the closing runs on a copy this size ...
 LOCAL_ELEMENT = 0.25  # ... with an element this share of its longer side
 PRINTED_LINE_SPAN = 0.35  # a printed line (ruling, a grid, a form's box) runs across this share of the image ...
 FILLED_LINE_SPAN = 0.6  # ... or of a frame the ink fills (a tight crop), where the digit's own strokes run far
+PRINTED_LINE_WIDTH = 4  # ... and is thinner than this (px, or 3% of its shorter side)
 COARSE_SIDE = 400  # one digit in a larger image is first looked for in a copy this size (px, longer side) ...
 COARSE_INK = 80  # ... and framed from it when its ink there is at least this long (px, longer side)
-PRINTED_LINE_WIDTH = 4  # ... and is thinner than this (px, or 3% of its shorter side)
 NOISY, DENOISE_SIGMA = 0.025, 1.0  # paper noise above 2.5% of the range (6 grey levels) is smoothed, sigma in px
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
 
@@ -432,7 +432,7 @@ def _digit_ink_to_frame(grey: np.ndarray, record: PreprocessRecord) -> np.ndarra
 def _framed_if_large(grey: np.ndarray, record: PreprocessRecord) -> Preprocessed | None:
     """The frame of an image decoded at ``COARSE_SIDE``, when the digit's ink there is at least ``COARSE_INK`` px
     long (4x the frame's box: its shape is all there); None for a smaller or fainter digit, which is then
-    decoded and framed at the working size. A phone photo of one digit costs a fifth of the time."""
+    decoded and framed at the working size. A phone photo of one digit costs about a seventh of the time."""
     try:
         frame = _digit_ink_to_frame(grey, record)
     except NoDigitError:
