@@ -44,7 +44,7 @@ from .errors import MissingImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .shadow import straight_shadow
-from .strokes import long_runs, otsu, polarity_evidence, remove_lines, square_opening
+from .strokes import dilate, long_runs, otsu, polarity_evidence, remove_lines, square_opening
 from .surface import background
 from .thickness import BOX, even_strokes, resize_longer
 
@@ -238,13 +238,13 @@ def _drop_printed_lines(ink: np.ndarray, spread: float, span: float, record: Pre
             continue
         width = max(PRINTED_LINE_WIDTH, round(0.03 * min(ink.shape)))
         thick = square_opening(runs, width)
-        lines |= runs & ~ndimage.binary_dilation(thick)  # thin runs only: a bold bar is a stroke
+        lines |= runs & ~dilate(thick)  # thin runs only: a bold bar is a stroke
     if lines.sum() < 2 * min(ink.shape):
         return ink
     level, top = float(np.median(ink[lines])), float(np.percentile(ink[mask], 99))
     if level > 0.6 * top:
         return ink
-    faint = ndimage.binary_dilation(lines) & (ink < 0.5 * (level + top))
+    faint = dilate(lines) & (ink < 0.5 * (level + top))
     record.notes.append(f"printed lines removed (at {level:.2f} of the range, the ink at {top:.2f})")
     return np.where(faint, 0, ink).astype(np.float32)
 
@@ -335,7 +335,7 @@ def drop_specks(ink: np.ndarray, record: PreprocessRecord | None = None) -> np.n
     if record is not None:
         record.specks_removed = int(count - keep[1:].sum())
     # Pixels below the component level (faint edges) follow the nearest kept component.
-    grown = ndimage.binary_dilation(keep[labels], iterations=2)
+    grown = dilate(keep[labels], 2)
     return np.where(grown, ink, 0).astype(np.float32)
 
 

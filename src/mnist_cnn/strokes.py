@@ -87,6 +87,20 @@ def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
     return out if axis == 1 else out.T
 
 
+def dilate(mask: np.ndarray, steps: int = 1) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, iterations=steps)`` of a 2-D mask (a 3x3 cross, nothing beyond the border)
+    by shifted ORs: the same pixels, at a fraction of the cost on images of a few hundred pixels."""
+    out = np.asarray(mask, bool)
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
 def square_opening(mask: np.ndarray, side: int) -> np.ndarray:
     """A binary opening with a ``side`` x ``side`` square, as separable minimum and maximum filters."""
     eroded = ndimage.minimum_filter(mask, size=side, mode="constant", cval=0)
@@ -131,7 +145,7 @@ def _line_ends(labels: np.ndarray, axis: int) -> np.ndarray:
             index = [slice(None)] * 2
             index[axis] = end
             ends[tuple(index)] |= line[tuple(index)]
-    return ndimage.binary_dilation(ends, iterations=2)
+    return dilate(ends, 2)
 
 
 def _box_sides(stubs: np.ndarray, corners: np.ndarray, axis: int) -> np.ndarray:
@@ -215,7 +229,7 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     candidates = np.zeros_like(mask)
     for _, labels, _ in found:
         candidates |= labels > 0
-    rest = mask & ~ndimage.binary_dilation(candidates)
+    rest = mask & ~dilate(candidates)
     labels, count = ndimage.label(rest, structure=np.ones((3, 3), bool))
     if count == 0:
         return ink, 0
@@ -224,7 +238,7 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     rows, cols = np.nonzero(rest.any(1))[0], np.nonzero(rest.any(0))[0]
     extent = {1: (cols[0], cols[-1] + 1), 0: (rows[0], rows[-1] + 1)}
     cropped = _at_the_edge(extent, mask.shape)
-    corners = {axis: ndimage.binary_dilation(labels > 0, iterations=2) for axis, labels, _ in found}
+    corners = {axis: dilate(labels > 0, 2) for axis, labels, _ in found}
     clear = []  # (axis, line, thickness, how it is held) of each line that clears the digit
     for axis, labels, _ in found:
         r0, r1 = extent[axis]
@@ -246,6 +260,6 @@ def remove_lines(ink: np.ndarray) -> tuple[np.ndarray, int]:
     for axis, line, thickness, held in clear:
         if held == "page" and (cropped or ruled[axis] < 2):
             continue  # the digit reaches the frame, or one straight line alone: the digit's own stroke, not ruled paper
-        removed |= ndimage.binary_dilation(line) & ~_crossings(rest, axis, round(thickness) + 2)
+        removed |= dilate(line) & ~_crossings(rest, axis, round(thickness) + 2)
         n += 1
     return (np.where(removed, 0, ink).astype(np.float32) if n else ink), n
