@@ -76,7 +76,9 @@ def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
     """The pixels of ``mask`` in runs of ``length`` or more along ``axis`` (1: rows, 0: columns): a binary
     opening with a ``length``-long line, computed from the runs' ends (an opening's cost grows with the length)."""
     m = mask if axis == 1 else mask.T
-    edges = np.diff(np.pad(m, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    padded = np.zeros((m.shape[0], m.shape[1] + 2), np.int8)  # a 0 either side of each row
+    padded[:, 1:-1] = m
+    edges = np.diff(padded, axis=1)
     rows, starts = np.nonzero(edges == 1)
     _, ends = np.nonzero(edges == -1)  # row-major order: each run's end pairs with its start
     keep = ends - starts >= length
