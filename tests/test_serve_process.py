@@ -202,3 +202,30 @@ def test_uploads_decoded_in_separate_processes_answer_as_threads_do_and_survive_
     assert answers[True] == answers[False]
     assert [status for status, _ in answers[True]] == [200] * 6 + [415]
     assert all(0 <= body["label"] <= 9 and len(body["probabilities"]) == 10 for _, body in answers[True][:6])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoding processes in /proc")
+def test_a_stopped_server_leaves_no_decoding_process_behind(exported_run, mnist):
+    """SIGTERM ends the server by its signal once the requests are done, with no exit handlers: its decoding
+    processes must have ended by then, or they wait for work for ever."""
+    proc, url = start_server(exported_run, "--no-access-log", "--decode-processes", "2")
+    try:
+        assert _upload(url, serve_load.upload_bodies(1, mnist.test_images[:1].numpy())[0])[0] == 200
+        helpers = _descendants(proc.pid)
+        assert len(helpers) >= 3  # the forkserver and the two decoding processes
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in helpers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if _alive(pid)]

@@ -109,8 +109,8 @@ class Service:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.decoders is not None:
-            self.decoders.shutdown(wait=False, cancel_futures=True)
+        if self.decoders is not None:  # waited for: the process may end by its signal next, with no exit handlers
+            await asyncio.to_thread(self.decoders.shutdown, wait=True, cancel_futures=True)
 
     def _check_ready(self) -> None:
         if self.batcher is None:
