@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +22,7 @@ from ..config import ServeSettings as Settings
 from ..errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from ..folder import GATE_SECTION
 from ..inference import load_model, read_config
+from ..runtime import available_cores
 from .batcher import MicroBatcher, QueueFull
 from .decoding import DecodeGate, DecodeRefused
 from .errors import broken_model, busy
@@ -45,7 +45,7 @@ class Service:
         self.uploads = 0  # uploads being received, waiting for a decode slot or decoded now
         self.decoders: ProcessPoolExecutor | None = None  # --decode-processes, started with the service
         # A decode holds memory in proportion to its pixels: a few at once, never one per waiting client.
-        self.decoding = DecodeGate(settings.decode_slots or _cores(), settings.decode_pixels or settings.max_image_pixels,
+        self.decoding = DecodeGate(settings.decode_slots or available_cores(), settings.decode_pixels or settings.max_image_pixels,
                                    settings.decode_wait_s)  # fmt: skip
 
     @property
@@ -239,13 +239,6 @@ def prediction(probs: np.ndarray, image: np.ndarray, min_confidence: float, look
         "probabilities": probs,
         "input": np.rint(image * 255).astype(np.uint8),
     }
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _without_paths(message: str, model_dir: Path) -> str:
