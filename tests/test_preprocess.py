@@ -520,6 +520,26 @@ def test_the_fast_openings_are_binary_openings():
         assert np.array_equal(square_opening(mask, side), ndimage.binary_opening(mask, structure=square))
 
 
+def test_the_fast_median_is_numpys():
+    """strokes.median gives np.median's value and type: odd and even counts, ties, 2-D input, NaN, empty."""
+    from mnist_cnn.strokes import median
+
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        dtype = (np.float32, np.float64)[i % 2]
+        values = (rng.normal(size=rng.integers(1, 300)) * 10.0 ** rng.integers(-6, 6)).astype(dtype)
+        if i % 3 == 0:
+            values = np.round(values, 1)  # ties
+        if i % 7 == 0 and values.size > 1:
+            values[rng.integers(0, values.size)] = np.nan
+        ours, numpys = median(values), np.median(values)
+        assert (ours == numpys or (np.isnan(ours) and np.isnan(numpys))) and ours.dtype == numpys.dtype, (values, ours)
+    image = rng.random((40, 31), dtype=np.float32)
+    assert median(image) == np.median(image)
+    with pytest.warns(RuntimeWarning):
+        assert np.isnan(median(np.array([], np.float32)))
+
+
 def test_an_mnist_frame_is_taken_as_it_is(mnist):
     """A 28x28 image already in MNIST's format (as MNIST and data sets made like it hand them over) is not
     re-framed: the model sees exactly those pixels, and the record says so. Inverted, it goes the long way."""

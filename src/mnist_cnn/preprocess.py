@@ -44,7 +44,7 @@ from .errors import MissingImageError, NoDigitError, UnreadableFolderError
 from .errors import NotAnImageError as NotAnImageError
 from .errors import TooManyPixelsError as TooManyPixelsError
 from .shadow import straight_shadow
-from .strokes import dilate, long_runs, otsu, polarity_evidence, remove_lines, square_opening
+from .strokes import dilate, long_runs, median, otsu, polarity_evidence, remove_lines, square_opening
 from .surface import background
 from .thickness import BOX, even_strokes, resize_longer
 
@@ -188,7 +188,7 @@ def _shadowed_polarity(grey: np.ndarray, fits: dict[bool, np.ndarray], otherwise
     explains the light, ``otherwise`` or (None) whether the paper (most of what is left) is light."""
     edge = straight_shadow(grey, np.abs(fits[True] - fits[False]) < 0.5 * MIN_CONTRAST)
     if edge is None:
-        return float(np.median(grey)) > 0.5 if otherwise is None else otherwise
+        return float(median(grey)) > 0.5 if otherwise is None else otherwise
     resid = grey - edge
     return _more_dark_ink(resid)
 
@@ -215,7 +215,7 @@ def _spread(resid: np.ndarray, paper: np.ndarray | None) -> float:
         noise = resid
     else:
         noise = (resid - ndimage.uniform_filter(resid, 3))[paper] / np.sqrt(8 / 9)
-    return 1.4826 * float(np.median(np.abs(noise - np.median(noise)))) + 1e-4
+    return 1.4826 * float(median(np.abs(noise - median(noise)))) + 1e-4
 
 
 def _no_digit(record: PreprocessRecord) -> NoDigitError:
@@ -241,7 +241,7 @@ def _drop_printed_lines(ink: np.ndarray, spread: float, span: float, record: Pre
         lines |= runs & ~dilate(thick)  # thin runs only: a bold bar is a stroke
     if lines.sum() < 2 * min(ink.shape):
         return ink
-    level, top = float(np.median(ink[lines])), float(np.percentile(ink[mask], 99))
+    level, top = float(median(ink[lines])), float(np.percentile(ink[mask], 99))
     if level > 0.6 * top:
         return ink
     faint = dilate(lines) & (ink < 0.5 * (level + top))
@@ -258,7 +258,7 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     bg, paper = _paper(grey, record)
     resid = grey - bg
     if record.inverted:  # light falls on ink and paper alike: ink's contrast in a shadow is scaled down with it
-        resid = resid * (float(np.median(bg)) / np.maximum(bg, 0.05))
+        resid = resid * (float(median(bg)) / np.maximum(bg, 0.05))
     if float(bg.max() - bg.min()) > 0.1 and record.background == "flat":
         record.background = "uneven (removed)"
     spread = _spread(resid, paper)
@@ -273,7 +273,7 @@ def ink_map(grey: np.ndarray, record: PreprocessRecord | None = None) -> np.ndar
     if top < MIN_INK or top < 6 * spread:
         raise _no_digit(record)
     t = otsu(ink / top) * top
-    level = float(np.median(ink[ink > t])) if np.any(ink > t) else top
+    level = float(median(ink[ink > t])) if np.any(ink > t) else top
     record.threshold, record.contrast = round(t, 4), round(level, 4)
     if level < MIN_INK or level < 6 * spread:
         raise _no_digit(record)
@@ -387,7 +387,7 @@ def _is_mnist_frame(grey: np.ndarray) -> bool:
         return False
     ring = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     rows, cols = np.nonzero((grey > 0.1).any(1))[0], np.nonzero((grey > 0.1).any(0))[0]
-    if float(ring.max()) > 0.05 or float(np.median(grey)) > 0.05 or max(rows[-1] - rows[0], cols[-1] - cols[0]) >= 22:
+    if float(ring.max()) > 0.05 or float(median(grey)) > 0.05 or max(rows[-1] - rows[0], cols[-1] - cols[0]) >= 22:
         return False
     yy, xx = np.mgrid[0:FRAME, 0:FRAME]
     total = float(grey.sum())

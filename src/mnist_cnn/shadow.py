@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .decode import downscale
-from .strokes import reduce_mask
+from .strokes import median, reduce_mask
 
 FIT_SIDE = 48  # the search runs on a copy this size
 COARSE = (24, 16, (0.5, 1.5))  # first pass: edge directions over half a turn, positions across, fall-offs (px)
@@ -101,7 +101,7 @@ def straight_shadow(grey: np.ndarray, paper: np.ndarray) -> np.ndarray | None:
     z, ys, xs = small[known].astype(np.float64), yy[known], xx[known]
     edge, coef, _ = _best_edge(z, ys, xs, _coarse(yy, xx))
     resid = z - _model(ys, xs, edge, coef)
-    keep = np.abs(resid) < 3 * max(1.4826 * float(np.median(np.abs(resid))), 0.005)  # ink the mask missed
+    keep = np.abs(resid) < 3 * max(1.4826 * float(median(np.abs(resid))), 0.005)  # ink the mask missed
     z, ys, xs = z[keep], ys[keep], xs[keep]
     edge, coef, sse = _best_edge(z, ys, xs, _fine(edge, yy, xx))
     base = np.stack([np.ones_like(xs), xs, ys], 1)

@@ -30,6 +30,19 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
+def median(values: np.ndarray):
+    """``np.median(values)`` of a float array, the same value of the same type, about 4x faster on an image: one
+    selection where numpy makes three (it also places the largest value, to find NaNs, and the lower middle)."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.size == 0:
+        return np.median(flat)  # nan, with numpy's warning
+    k = flat.size // 2
+    part = np.partition(flat, k)
+    if np.isnan(part[k:].max()):  # NaNs sort last: one is among the upper half if there is any
+        return part[k:].max()
+    return part[k] if flat.size % 2 else (part[:k].max() + part[k]) / 2
+
+
 def reduce_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A bool mask reduced to ``shape``: True where (nearly) all of the pixels it covers were True."""
     if mask.shape == shape:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .decode import downscale
 from .shadow import least_squares
-from .strokes import reduce_mask
+from .strokes import median, reduce_mask
 
 
 def _axes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,15 +49,15 @@ def background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
     """
     h, w = grey.shape
     if min(h, w) < 16:
-        return np.full_like(grey, float(np.median(grey if paper is None or not paper.any() else grey[paper])))
+        return np.full_like(grey, float(median(grey if paper is None or not paper.any() else grey[paper])))
     terms = 6 if min(h, w) >= 48 else 3
     small, _ = downscale(grey, 96)
     basis = _design(*small.shape, terms).reshape(-1, terms)
     z = small.reshape(-1).astype(np.float64)
     if paper is None:
         known = np.ones(z.shape, bool)
-        deviation = np.abs(z - np.median(z))
-        keep = deviation < 2.5 * max(1.4826 * float(np.median(deviation)), 0.01)
+        deviation = np.abs(z - median(z))
+        keep = deviation < 2.5 * max(1.4826 * float(median(deviation)), 0.01)
     else:
         known = keep = reduce_mask(paper, small.shape).reshape(-1)
     coef = np.zeros(terms)
@@ -67,10 +67,10 @@ def background(grey: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
         coef = least_squares(np.compress(keep, basis, axis=0), z[keep])  # 4x faster than basis[keep], the same rows
         resid = z - basis @ coef
         # From known paper, the spread of the pixels kept so far: ink never sets the tolerance, nor joins the fit.
-        spread = max(1.4826 * float(np.median(np.abs(resid if paper is None else resid[keep]))), 0.01)
+        spread = max(1.4826 * float(median(np.abs(resid if paper is None else resid[keep]))), 0.01)
         kept, keep = keep, known & (np.abs(resid) < 2.5 * spread)
         if np.array_equal(kept, keep):  # the next fit would be this one again
             break
     if not coef.any():
-        return np.full_like(grey, float(np.median(grey)))
+        return np.full_like(grey, float(median(grey)))
     return _surface(h, w, coef).astype(np.float32)
