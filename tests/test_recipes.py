@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,8 @@ from mnist_cnn.inference import load_model, to_model_input
 from mnist_cnn.loop import fit, lr_factor
 from mnist_cnn.models import count_parameters, create_model
 from mnist_cnn.train import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _subset(mnist, start, n):
@@ -243,3 +247,41 @@ def test_cli_ensemble_and_tta(two_runs, mnist_dir, tmp_path):
     again = subprocess.run([*env_cmd, "ensemble", *map(str, two_runs), "--out", str(out), "--data-dir", str(mnist_dir)],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def _ensemble_benchmark():
+    spec = importlib.util.spec_from_file_location("ensemble_benchmark", ROOT / "benchmarks" / "ensemble.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ensemble_benchmark_keeps_the_subset_best_on_validation_ties_to_fewer_and_faster_members():
+    choose = _ensemble_benchmark().choose
+    labels = np.array([0, 1, 2, 3])
+    onehot = np.eye(4)
+
+    def member(predicted, confidence):  # probability `confidence` on the class predicted, the rest shared
+        return np.array([c * onehot[p] + (1 - c) / 4 for p, c in zip(predicted, confidence, strict=True)])
+
+    # Each right on 3 of 4, sure where the other is wrong: together all 4; the third member adds nothing.
+    a, c = member([0, 1, 2, 0], [0.6, 0.6, 0.9, 0.6]), member([0, 1, 0, 3], [0.6, 0.6, 0.6, 0.9])
+    wrong = member([1, 0, 2, 3], [0.6] * 4)
+    assert choose([a, wrong, c], labels, [1.0, 1.0, 1.0]) == ((0, 2), 1.0)
+    same = member(
+        [0, 1, 2, 3], [0.6] * 4
+    )  # every subset of these gets all four right: the fewest, then the fastest, win
+    subset, accuracy = choose([same, same, same], labels, [30.0, 20.0, 10.0])
+    assert (subset, accuracy) == ((1, 2), 1.0)
+
+
+def test_the_ensemble_benchmark_refuses_runs_selected_on_different_splits():
+    shared_validation = _ensemble_benchmark().shared_validation
+
+    class Run:
+        def __init__(self, seed):
+            self.config = {"train_config": {"val_split": 5000, "seed": seed}}
+
+    assert shared_validation([Run(0), Run(0)]) == (5000, 0)
+    with pytest.raises(SystemExit, match="--split-seed"):
+        shared_validation([Run(0), Run(1)])
