@@ -9,7 +9,9 @@ how many of those images its averaged probabilities label right. Ties go to fewe
 time. The test set decides nothing: it is measured for each run, for the subset kept and for all the runs
 together (the two ensembles worth stating before looking), and printed beside them. ``--out`` writes the kept
 subset as an ensemble folder (``mnist-cnn ensemble``). Training time is the sum of the members' own
-(``training.train_seconds`` in each run's config.json).
+(``training.train_seconds`` in each run's config.json). Calibrate every run first (``mnist-cnn calibrate RUN``;
+``mnist-cnn train`` does it, ``train_speed.py`` does not): each member's probabilities are averaged after its own
+temperature, and an uncalibrated member's are softer, so it would weigh less.
 
 The JSON goes to standard output, a table to standard error.
 """
@@ -44,6 +46,11 @@ def train_seconds(model) -> float | None:
     return (model.config.get("training") or {}).get("train_seconds")
 
 
+def temperature(model) -> float | None:
+    """The calibration temperature its probabilities are divided by (None: not calibrated, so 1)."""
+    return (model.config.get("calibration") or {}).get("temperature")
+
+
 def member_row(run: Path, model, val: tuple, test: tuple) -> dict:
     (vp, vy), (tp, ty) = val, test
     return {
@@ -51,6 +58,7 @@ def member_row(run: Path, model, val: tuple, test: tuple) -> dict:
         "architecture": model.config.get("architecture"),
         "recipe": model.config.get("recipe"),
         "train_seconds": train_seconds(model),
+        "temperature": temperature(model),
         "val_accuracy": float((vp.argmax(1) == vy).mean()),
         "test_accuracy": float((tp.argmax(1) == ty).mean()),
     }
@@ -94,6 +102,8 @@ def main(argv=None) -> int:
         p.error("give at least two runs")
 
     models = [load_model(run) for run in args.runs]
+    if len({temperature(m) is None for m in models}) > 1:  # a calibrated member's probabilities are sharper
+        print("warning: some runs are calibrated and some not, so they weigh unequally; run mnist-cnn calibrate on the others", file=sys.stderr)  # fmt: skip
     data = load_mnist(args.data_dir, download=False)
     _, val_idx = split_validation(len(data.train_images), *shared_validation(models))
     vx, vy = data.train_images[val_idx].numpy(), data.train_labels[val_idx].numpy()
