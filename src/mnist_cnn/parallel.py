@@ -29,12 +29,17 @@ CHUNK = 16  # files handed to a worker at a time
 SAMPLE, SMALL_FILE = 50, 4096  # the median size of the first 50 files under 4 KB: MNIST-sized images, no pool
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (fewer than the machine's inside a container or with taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(paths: list[Path]) -> int:
     """One worker per core this process may use; none (work in this process) for a few files, or for small
     ones (28x28 PNGs take a fraction of a millisecond each: handing them to workers costs more)."""
     if len(paths) < POOL_MIN_FILES or statistics.median(_sizes(paths[:SAMPLE])) < SMALL_FILE:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return cores if cores > 1 else 0
 
 

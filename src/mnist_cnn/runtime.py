@@ -6,9 +6,9 @@ Every command calls :func:`configure_threads` once before it computes; training 
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .parallel import available_cores  # owned there (torch-free, for the worker pools); callers import it from here too
 
 PRECISIONS = ("fp32", "bf16", "auto")
 MAX_THREADS = 1024  # more threads than any machine has cores is a typo, and asks for memory per thread
@@ -30,11 +30,6 @@ def select_device(name: str = "auto") -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} was asked for, but this PyTorch has no MPS backend")
     return torch.device(name)
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (fewer than the machine's inside a container or with taskset)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure_threads(threads: int | None) -> int:

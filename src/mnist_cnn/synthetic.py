@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
+
+from .parallel import available_cores
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def _photographed_chunk(digits28: np.ndarray, seed: np.random.SeedSequence) -> n
 
 def _in_processes(fn, jobs: list[tuple], workers: int | None) -> list:
     """``[fn(*job) for job in jobs]``, over ``workers`` processes (default: one per core)."""
-    workers = min(len(jobs), workers or len(os.sched_getaffinity(0)))
+    workers = min(len(jobs), workers or available_cores())
     if workers <= 1:
         return [fn(*job) for job in jobs]
     # spawn: a forked copy of a process that has run torch's thread pool can hang
