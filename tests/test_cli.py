@@ -3,9 +3,11 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,6 +288,46 @@ def test_worker_processes_do_not_run_the_parents_script_again(tmp_path, mnist):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["4", "True", str(script)]  # every frame, and the script's name given back
     assert len(marks.read_text().splitlines()) == 1  # the parent alone: before, once more in each worker
+
+
+def _processes_tagged(tag: str) -> list[int]:
+    """The pids of the processes whose environment holds ``tag`` (Linux: /proc)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if tag.encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+def test_predict_stopped_by_sigterm_leaves_no_worker_processes(tmp_path, mnist):
+    """SIGTERM (kill, a scheduler, a container stopping) while the pool works ends predict with status 143 and
+    takes the workers, their forkserver and resource tracker with it; they used to wait for ever."""
+    for i in range(400):
+        Image.fromarray(mnist.test_images[i].numpy()).resize((56, 56)).save(tmp_path / f"d{i:03}.png")
+    tag = f"MNIST_CNN_TEST_TAG={os.getpid()}-{time.time_ns()}"
+    name, value = tag.split("=")
+    env = {**os.environ, name: value}
+    proc = subprocess.Popen([EXE, "predict", str(tmp_path), "--workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_tagged(tag)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # predict itself, then its forkserver and workers
+        assert proc.poll() is None, "predict finished before its workers were seen; give it more files"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        deadline = time.monotonic() + 10
+        while _processes_tagged(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_tagged(tag) == []
+    finally:
+        proc.kill()
+        for pid in _processes_tagged(tag):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_with_a_worker_pool_the_model_takes_the_cores_the_workers_leave(monkeypatch):

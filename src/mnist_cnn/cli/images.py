@@ -4,9 +4,12 @@ machinery ``predict`` and ``read`` share (one row per image, a failure counted, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..config import DEFAULT_MIN_CONFIDENCE
@@ -232,9 +235,27 @@ def cmd_predict(args) -> int:
     workers = default_workers(args.images) if args.workers is None else args.workers
     columns = ["file", "label", "probability", *[f"p{d}" for d in range(10)], "uncertain", "not_a_digit", "no_digit",
                "error"]  # fmt: skip
-    with framing(args.images, workers) as outcomes:  # the workers start while the model loads
+    with _terminated_as_exit(), framing(args.images, workers) as outcomes:  # the workers start while the model loads
         clf = _load_classifier(args, _model_threads(args.threads, workers))
         return _batch(args, columns, _predictions(clf, outcomes, args.min_confidence))
+
+
+@contextlib.contextmanager
+def _terminated_as_exit():
+    """SIGTERM (``kill``, a job scheduler, a container stopping) ends the command through its ``finally`` blocks,
+    as Ctrl-C does, with exit status 143: the worker pool is shut down instead of left waiting for ever."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 MODEL_BATCH = 256  # frames per call of the model when predicting many files
