@@ -82,8 +82,12 @@ def cli_rates(folder: Path, workers: list[int], repeats: int) -> dict:
         for n in workers:
             starts.append(_wall(["predict", files[0], "--no-progress"]))
             walls[n].append(_wall(["predict", folder, "--no-progress", "--workers", n]) - starts[-1])
-    out = {"files": len(files), "start_s": round(statistics.median(starts), 3)}
+    jitter = max(starts) - min(starts)
+    out = {"files": len(files), "start_s": round(statistics.median(starts), 3), "start_s_range": round(jitter, 3)}
     for n in workers:
+        if min(walls[n]) <= 2 * jitter:  # a rate then measures the start's noise, not the files
+            print(f"warning: {folder.name} with {n} workers takes {min(walls[n]):.2f} s beyond the start, within "
+                  f"twice its jitter ({jitter:.2f} s): give it more files", file=sys.stderr)  # fmt: skip
         out[f"workers_{n}"] = {
             "wall_s": round(statistics.median(walls[n]) + out["start_s"], 3),
             "files_per_s": round(statistics.median(len(files) / max(w, 1e-3) for w in walls[n]), 1),
