@@ -313,7 +313,7 @@ def _gated_decode(running: dict, lock, release):
     """A decode that stands for a slow one of a huge image: counts itself in ``running`` (now, calls, most)
     and waits for ``release``."""
 
-    def gated_decode(data, settings):
+    def gated_decode(data, *args):
         with lock:
             running["now"] += 1
             running["calls"] = running.get("calls", 0) + 1
@@ -329,12 +329,12 @@ def _gated_decode(running: dict, lock, release):
 def test_uploads_over_the_queue_limit_get_503_before_decoding_and_decodes_are_bounded(folder, monkeypatch):
     import threading
 
-    from mnist_cnn.serve import routes
+    from mnist_cnn.serve import service as service_module
 
     release, lock = threading.Event(), threading.Lock()
     running = {"now": 0, "most": 0, "calls": 0}
 
-    monkeypatch.setattr(routes, "decode_upload", _gated_decode(running, lock, release))
+    monkeypatch.setattr(service_module, "upload_frame", _gated_decode(running, lock, release))
     settings = Settings(runtime="torch", max_queue=3, decode_slots=2, retry_after_s=4)
     files = {"image": ("a.png", _png_bytes(), "image/png")}
     with TestClient(create_app(folder, settings)) as c:
@@ -885,12 +885,12 @@ def test_decodes_hold_at_most_the_pixel_budget_and_wait_at_most_decode_wait_s(fo
     cannot get in within decode_wait_s is a 503 + Retry-After, and an upload with no image header costs nothing."""
     import threading
 
-    from mnist_cnn.serve import routes
+    from mnist_cnn.serve import service as service_module
 
     release, lock = threading.Event(), threading.Lock()
     running = {"now": 0, "most": 0}
 
-    monkeypatch.setattr(routes, "decode_upload", _gated_decode(running, lock, release))
+    monkeypatch.setattr(service_module, "upload_frame", _gated_decode(running, lock, release))
     settings = Settings(runtime="torch", decode_slots=4, decode_pixels=3000, decode_wait_s=0.5, retry_after_s=3)
     files = {"image": ("a.png", _png_bytes(), "image/png")}
     with TestClient(create_app(folder, settings)) as c:

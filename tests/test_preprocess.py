@@ -6,6 +6,7 @@ import re
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -518,6 +519,32 @@ def test_the_fast_openings_are_binary_openings():
         assert np.array_equal(long_runs(mask, length, axis), ndimage.binary_opening(mask, structure=line))
         square = np.ones((side, side), bool)
         assert np.array_equal(square_opening(mask, side), ndimage.binary_opening(mask, structure=square))
+
+
+def test_image_errors_with_fields_survive_pickling():
+    """A decoding process raises them and the server maps them to 415 / 413 by their fields."""
+    import pickle
+
+    fmt = pickle.loads(pickle.dumps(FormatNotAcceptedError("image", "GIF", {"PNG", "JPEG"})))
+    assert (fmt.format, fmt.accepted, str(fmt)) == ("GIF", ["JPEG", "PNG"], "image: image format GIF is not accepted; use one of: JPEG, PNG")  # fmt: skip
+    big = pickle.loads(pickle.dumps(TooManyPixelsError("image: 5000x5000", 1000, 5000, 5000)))
+    assert (str(big), big.limit, big.width, big.height) == ("image: 5000x5000", 1000, 5000, 5000)
+
+
+def test_an_upload_s_error_holds_none_of_the_preprocessing_s_frames():
+    """upload_frame (the service's photo decode) raises without the frames that hold the decoded image: kept alive
+    by a traceback, a blank 16 MP upload's arrays took the server from 550 to 890 MB under 32 such uploads."""
+    import traceback
+
+    from mnist_cnn.parallel import upload_frame
+
+    buffer = io.BytesIO()
+    Image.new("L", (600, 400), 255).save(buffer, "PNG")
+    with pytest.raises(NoDigitError) as info:
+        upload_frame(buffer.getvalue(), ImageLimits(), "image")
+    files = {Path(frame.filename).name for frame in traceback.extract_tb(info.value.__traceback__)}
+    assert "preprocess.py" not in files and info.value.__context__ is None
+    assert str(info.value).startswith("image: no digit found")
 
 
 def test_the_fast_median_is_numpys():

@@ -191,6 +191,8 @@ def test_uploads_decoded_in_separate_processes_answer_as_threads_do_and_survive_
             if flags:
                 decoders = _descendants(proc.pid)
                 assert decoders, "no decoding process under the server"
+                maps = [Path(f"/proc/{pid}/maps").read_text() for pid in decoders]
+                assert not any("libtorch" in m for m in maps)  # they decode without PyTorch (~200 MB each with it)
                 for pid in decoders:
                     os.kill(pid, signal.SIGKILL)
                 time.sleep(0.5)

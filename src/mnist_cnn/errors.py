@@ -54,8 +54,11 @@ class FormatNotAcceptedError(NotAnImageError):
     """An image in a format outside :attr:`mnist_cnn.decode.ImageLimits.formats` (the service accepts a few)."""
 
     def __init__(self, name: str, format: str | None, accepted):
-        self.format, self.accepted = format or "?", sorted(accepted)
+        self.name, self.format, self.accepted = name, format or "?", sorted(accepted)
         super().__init__(f"{name}: image format {self.format} is not accepted; use one of: {', '.join(self.accepted)}")
+
+    def __reduce__(self):  # raised in a decoding process, it comes back whole
+        return type(self), (self.name, self.format, self.accepted)
 
 
 class TooManyPixelsError(ImageError):
@@ -67,6 +70,9 @@ class TooManyPixelsError(ImageError):
     def __init__(self, message: str, limit: int, width: int | None = None, height: int | None = None):
         super().__init__(message)
         self.limit, self.width, self.height = limit, width, height
+
+    def __reduce__(self):  # raised in a decoding process, it comes back whole
+        return type(self), (str(self), self.limit, self.width, self.height)
 
 
 class NoDigitError(ImageError):

@@ -9,6 +9,7 @@ child would inherit in an unknown state); none imports the model or PyTorch.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import statistics
@@ -23,6 +24,8 @@ from .errors import MnistCnnError, NoDigitError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .decode import ImageLimits
 
 POOL_MIN_FILES = 500  # below this many files a pool's start (about a second per worker) costs more than it saves
 CHUNK = 16  # files handed to a worker at a time
@@ -86,6 +89,23 @@ def framing(paths: list[Path], workers: int) -> Iterator[Iterator[tuple[Path, np
         yield zip(paths, answers, strict=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def upload_frame(data: bytes, limits: ImageLimits, name: str) -> np.ndarray:
+    """An uploaded image file of one digit (``data``, called ``name`` in messages) as its (28, 28) float32 frame
+    in 0-1; the preprocessing's errors as they are, without their tracebacks. What a server's decoding processes run: like everything
+    here, it imports neither PyTorch nor the service (the arguments too unpickle without them)."""
+    import numpy as np
+
+    from .preprocess import preprocess_image
+
+    file = io.BytesIO(data)
+    file.name = name
+    try:
+        return preprocess_image(file, limits=limits).array.astype(np.float32) / np.float32(255)
+    except MnistCnnError as exc:  # its traceback's frames hold the decoded image (250 MB for 16 MP) while it lives
+        exc.__context__ = None
+        raise exc.with_traceback(None) from None
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:

@@ -15,7 +15,6 @@ from . import parsing
 from .errors import ApiError, json_response
 from .schemas import ERRORS, PREDICT_BODY, READ_BODY, ErrorBody, Prediction, ReadingResult
 from .service import Service
-from .uploads import decode_upload
 
 
 async def get_service(request: Request) -> Service:
@@ -75,5 +74,5 @@ async def _read_image(request: Request, service: Service) -> tuple[np.ndarray, f
         async with service.upload():
             data, fields = await parsing.read_upload(request)
             min_confidence = parsing.min_confidence(request, fields.get("min_confidence"), default)
-            return await service.decode(decode_upload, data, service.settings, separate=True), min_confidence
+            return await service.decode_upload(data), min_confidence
     raise ApiError(415, f"content type {ctype or '(none)'!r} is not accepted; send application/json or multipart/form-data", "content-type")  # fmt: skip

@@ -22,11 +22,12 @@ from ..config import ServeSettings as Settings
 from ..errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from ..folder import GATE_SECTION
 from ..inference import load_model, read_config
+from ..parallel import upload_frame
 from ..runtime import available_cores
 from .batcher import MicroBatcher, QueueFull
 from .decoding import DecodeGate, DecodeRefused
 from .errors import broken_model, busy
-from .uploads import header_pixels, read_upload
+from .uploads import FIELD, as_api_errors, header_pixels, limits, read_upload
 
 log = logging.getLogger("mnist_cnn.serve")
 
@@ -140,6 +141,12 @@ class Service:
             yield
         finally:
             self.uploads -= 1
+
+    async def decode_upload(self, data: bytes) -> np.ndarray:
+        """/v1/predict's uploaded photo as its (28, 28) float32 frame, decoded in a decoding process when there are
+        some, else in a thread; the preprocessing's errors as their HTTP answers."""
+        with as_api_errors():
+            return await self.decode(upload_frame, data, limits(self.settings), FIELD, separate=True)
 
     async def decode(self, fn, data: bytes, *args, separate: bool = False):
         """``fn(data, *args)`` in a worker thread once a decode slot and the pixels ``data``'s header declares are free

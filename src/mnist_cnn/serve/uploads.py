@@ -1,7 +1,9 @@
 """Uploaded image files: decoded by the package's own preprocessing, within the service's limits.
 
 :func:`mnist_cnn.preprocess.decode_image` checks the format and the pixel count from the header
-(one limit, the service's) and raises typed errors; here each type becomes its HTTP answer.
+(one limit, the service's) and raises typed errors; here each type becomes its HTTP answer. A photo for
+/v1/predict goes through :func:`mnist_cnn.parallel.upload_frame`, which decoding processes can run without
+importing the service.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import contextlib
 import io
 import warnings
 
-import numpy as np
 from PIL import Image
 
 from ..config import ServeSettings as Settings
@@ -22,7 +23,7 @@ from ..errors import (
     TooManyMarksError,
     TooManyPixelsError,
 )
-from ..preprocess import ImageLimits, preprocess_image
+from ..preprocess import ImageLimits
 from ..reading import read_digits
 from .errors import ApiError
 
@@ -33,16 +34,9 @@ def limits(settings: Settings) -> ImageLimits:
     return ImageLimits(max_pixels=settings.max_image_pixels, formats=frozenset(settings.formats))
 
 
-def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
-    """An uploaded image file of one digit as a (28, 28) float32 image in 0-1, through the package's preprocessing."""
-    with _as_api_errors():
-        image = preprocess_image(_named(data), limits=limits(settings)).array
-    return image.astype(np.float32) / np.float32(255)
-
-
 def read_upload(data: bytes, settings: Settings, classifier, min_confidence: float) -> dict:
     """Every digit in an uploaded image, through :func:`mnist_cnn.reading.read_digits`: the JSON body of /v1/read."""
-    with _as_api_errors():
+    with as_api_errors():
         reading = read_digits(classifier, _named(data), min_confidence=min_confidence, limits=limits(settings))
     body = {**reading.to_dict(), "min_confidence": min_confidence}
     if not reading.found:
@@ -73,7 +67,7 @@ def _named(data: bytes) -> io.BytesIO:
 
 
 @contextlib.contextmanager
-def _as_api_errors():
+def as_api_errors():
     """Every error of the preprocessing becomes an ApiError: 415 for a format outside the allow-list or not an
     image at all, 413 for too many pixels, 422 for an empty, truncated or corrupt file, or one without a digit."""
     try:
