@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import MnistCnnError, NoDigitError
+from .errors import MnistCnnError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,10 +63,8 @@ def frame_or_error(path: Path) -> np.ndarray | MnistCnnError:
 
     try:
         return preprocess_image(path).array
-    except NoDigitError as exc:
-        return NoDigitError(str(exc))
-    except MnistCnnError as exc:  # the message is what the caller reports; some subclasses carry fields pickle drops
-        return MnistCnnError(str(exc))
+    except MnistCnnError as exc:
+        return _without_frames(exc)
 
 
 @contextmanager
@@ -93,8 +91,8 @@ def framing(paths: list[Path], workers: int) -> Iterator[Iterator[tuple[Path, np
 
 def upload_frame(data: bytes, limits: ImageLimits, name: str) -> np.ndarray:
     """An uploaded image file of one digit (``data``, called ``name`` in messages) as its (28, 28) float32 frame
-    in 0-1; the preprocessing's errors as they are, without their tracebacks. What a server's decoding processes run: like everything
-    here, it imports neither PyTorch nor the service (the arguments too unpickle without them)."""
+    in 0-1; the preprocessing's errors as they are, without their tracebacks. What a server's decoding processes
+    run: like everything here, it imports neither PyTorch nor the service (the arguments too unpickle without them)."""
     import numpy as np
 
     from .preprocess import preprocess_image
@@ -103,9 +101,15 @@ def upload_frame(data: bytes, limits: ImageLimits, name: str) -> np.ndarray:
     file.name = name
     try:
         return preprocess_image(file, limits=limits).array.astype(np.float32) / np.float32(255)
-    except MnistCnnError as exc:  # its traceback's frames hold the decoded image (250 MB for 16 MP) while it lives
-        exc.__context__ = None
-        raise exc.with_traceback(None) from None
+    except MnistCnnError as exc:
+        raise _without_frames(exc) from None
+
+
+def _without_frames(exc: MnistCnnError) -> MnistCnnError:
+    """``exc`` without its traceback and the exceptions chained to it: their frames hold the decoded image (250 MB
+    for 16 MP) for as long as the error lives. Its message and fields stay, and survive pickling."""
+    exc.__cause__ = exc.__context__ = None
+    return exc.with_traceback(None)
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
