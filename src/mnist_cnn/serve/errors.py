@@ -13,9 +13,6 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status, self.detail, self.field, self.headers = status, detail, field, headers or {}
 
-    def __reduce__(self):  # raised in a decoding process, it comes back whole
-        return ApiError, (self.status, self.detail, self.field, self.headers)
-
 
 def json_response(data, status: int = 200, headers: dict | None = None) -> Response:
     """``data`` as a JSON response; orjson writes numpy arrays itself, far faster than pydantic would."""

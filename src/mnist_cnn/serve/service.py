@@ -22,7 +22,7 @@ from ..config import ServeSettings as Settings
 from ..errors import MnistCnnError, ModelFolderError, NonFiniteOutputError
 from ..folder import GATE_SECTION
 from ..inference import load_model, read_config
-from ..parallel import upload_frame
+from ..parallel import process_pool, upload_frame
 from ..runtime import available_cores
 from .batcher import MicroBatcher, QueueFull
 from .decoding import DecodeGate, DecodeRefused
@@ -99,8 +99,6 @@ class Service:
     async def _start_decoders(self) -> None:
         """The processes that decode uploads (``decode_processes``); the server's threads do it when there are
         none, or when they cannot be started."""
-        from ..parallel import process_pool
-
         if self.settings.decode_processes:
             try:
                 self.decoders = await asyncio.to_thread(process_pool, self.settings.decode_processes)
