@@ -15,6 +15,7 @@ from mnist_cnn import ModelFolderError, create_model, list_models, load_model
 from mnist_cnn.export import ExportError, export_onnx, verify_onnx
 from mnist_cnn.folder import ModelFolder, read_config
 from mnist_cnn.inference import save_model
+from mnist_cnn.runtime import available_cores
 
 
 def test_exported_model_matches_pytorch_on_the_test_set(exported_run, mnist):
@@ -53,8 +54,19 @@ def test_every_architecture_exports(tmp_path, name):
 
 
 def test_load_model_gives_onnx_runtime_the_threads_asked_for(exported_run):
+    assert load_model(exported_run, runtime="onnxruntime", threads=3).threads == 3
+    assert load_model(exported_run, runtime="onnxruntime").threads == available_cores()
     clf = load_model(exported_run, runtime="onnxruntime", threads=1)
-    assert clf.session.get_session_options().intra_op_num_threads == 1
+    assert clf.threads == 1 and clf.session.get_session_options().intra_op_num_threads == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_batch_cut_into_chunks_on_several_threads_keeps_its_order(exported_run, mnist, threads):
+    images = mnist.test_images[:300].numpy()
+    clf = load_model(exported_run, runtime="onnxruntime", threads=threads)
+    whole = clf.predict_proba(images, batch_size=300)
+    np.testing.assert_allclose(clf.predict_proba(images, batch_size=7), whole, atol=1e-6)  # 43 chunks
+    np.testing.assert_array_equal(clf.predict(images), whole.argmax(1))
 
 
 def test_onnx_runtime_refuses_bad_input_like_pytorch(exported_run):

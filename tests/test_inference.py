@@ -48,6 +48,12 @@ def test_every_input_layout_and_dtype_gives_the_same_answer(saved, mnist):
     assert single.shape == (1,) and single[0] == expected[0].argmax()
 
 
+def test_a_bfloat16_tensor_reads_as_its_float32_values(saved, mnist):
+    clf = load_model(saved[1])
+    ink = (mnist.test_images[:4].numpy() > 127).astype(np.float32)  # 0 and 1: exact in bfloat16
+    np.testing.assert_array_equal(clf.predict_proba(torch.from_numpy(ink).bfloat16()), clf.predict_proba(ink))
+
+
 @pytest.mark.parametrize("images,message", [
     (np.zeros((28, 27), np.uint8), r"shaped \(28, 28\), \(N, 28, 28\) or \(N, 1, 28, 28\); got \(28, 27\)"),
     (np.zeros((2, 3, 28, 28), np.uint8), r"got \(2, 3, 28, 28\)"),

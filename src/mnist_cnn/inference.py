@@ -95,8 +95,8 @@ def load_model(
     ``tta=True`` averages each prediction over a few small rotations and zooms of the image.
     ``runtime="onnxruntime"`` predicts with the folder's ``model.onnx`` (see :mod:`mnist_cnn.export`)
     through ONNX Runtime on the CPU instead (``"onnxruntime-int8"``: with ``model.int8.onnx``, see
-    :mod:`mnist_cnn.quantize`), with ``threads`` threads per forward pass (default: ONNX
-    Runtime's choice; PyTorch's thread count is the process's, see ``torch.set_num_threads``); the
+    :mod:`mnist_cnn.quantize`), a batch's chunks running on ``threads`` threads side by side (default:
+    one per core; PyTorch's thread count is the process's, see ``torch.set_num_threads``); the
     returned object has the same predict methods.
     """
     if runtime not in LOADERS:
