@@ -85,6 +85,20 @@ def test_the_int8_file_carries_the_contract_of_model_onnx(quantized, mnist):
     assert record["calibration_images"] == 200 and record["weights_sha256"] == read_config(quantized)["weights_sha256"]
 
 
+def test_only_the_first_convolution_and_its_pool_stay_float32(quantized):
+    import onnx
+
+    graph = onnx.load(str(quantized / "model.int8.onnx")).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert [c.input[1] in dequantized for c in convs] == [False, True]  # basic: conv 1 -> 32 float32, 32 -> 64 int8
+    pool = next(node for node in graph.node if node.op_type == "MaxPool")
+    assert pool.input[0] == convs[0].output[0]  # conv -> max-pool in float32, then ReLU and quantisation
+    assert made_by[convs[1].input[0]].op_type == "DequantizeLinear"
+    assert read_config(quantized)["onnx_int8"]["float32"].startswith("convolutions of one input channel")
+
+
 def test_calibration_images_come_from_the_training_split_only():
     n = 1000
     index_images = torch.arange(n).view(n, 1, 1).expand(n, 28, 28)  # image i holds the number i
