@@ -272,7 +272,7 @@ class OnnxClassifier(BaseClassifier):
 
     A batch is cut into chunks of :attr:`default_batch_size` images, and ``threads`` threads (default:
     one per core) run the chunks side by side on one session, each chunk on one thread. On 2 cores that
-    is 1.3-2x the images per second of one large run with ONNX Runtime's own threads (intra-op, which
+    is 1.3x (float32) to 2.2x (int8) the images per second of one large run with ONNX Runtime's own threads (intra-op, which
     splits each layer), and small chunks keep a layer's activations in cache (docs/benchmarks.md).
     """
 

@@ -38,7 +38,7 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
         choices=["auto", "cpu", "cuda", "mps"],
         help="where to compute (default: auto = cuda, then mps, then cpu)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: 0 = one per available core)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch or ONNX Runtime (default: 0 = one per available core)")  # fmt: skip
 
 
 def _add_runs_dir_flag(p: argparse.ArgumentParser) -> None:

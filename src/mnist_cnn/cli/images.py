@@ -196,17 +196,18 @@ def _classifier(args):
 
 
 def _load_classifier(args, threads: int | None = None):
-    """The model ``_choose_model`` named in ``args.run``, on the runtime the flags ask for, PyTorch with
-    ``threads`` threads (default: ``--threads``; 0 = one per core)."""
+    """The model ``_choose_model`` named in ``args.run``, on the runtime the flags ask for, with ``threads``
+    threads (default: ``--threads``; 0 = one per core): PyTorch's, or ONNX Runtime's chunks side by side."""
     from ..inference import load_model
     from ..runtime import configure_threads
 
-    configure_threads(args.threads if threads is None else threads)
+    threads = configure_threads(args.threads if threads is None else threads)
     return load_model(
         args.run,
         device="cpu" if args.device == "auto" else args.device,
         runtime=getattr(args, "runtime", "torch"),
         tta=getattr(args, "tta", False),
+        threads=threads,
     )
 
 
