@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mnist_cnn import ModelFolderError, create_model, load_model
-from mnist_cnn.inference import Classifier, save_model, to_model_input
+from mnist_cnn.classifier import features_and_logits
+from mnist_cnn.inference import Classifier, batched_logits, save_model, to_model_input
 
 
 @pytest.fixture
@@ -120,3 +121,17 @@ def test_a_folder_that_did_not_record_the_width_loads_at_the_width_of_its_weight
         expected = narrow(to_model_input(x)).argmax(1).numpy()
     np.testing.assert_array_equal(clf.predict(x), expected)
     assert clf.model.features[0].out_channels == 24
+
+
+def test_logits_and_features_are_computed_in_eval_mode_and_the_mode_is_given_back():
+    torch.manual_seed(0)
+    model = create_model("best")
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    model.train()
+    np.testing.assert_allclose(batched_logits(model, x, batch_size=2), expected, atol=1e-5)
+    feats, logits = features_and_logits(model, x, batch_size=2)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert feats.shape == (5, 128 * 9) and model.training
+    assert batched_logits(model, x[:0]).shape == (0, 10) and features_and_logits(model, x[:0])[1].shape == (0, 10)

@@ -8,7 +8,9 @@ from a model folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -71,36 +73,39 @@ def _as_array(images) -> np.ndarray:
 BATCH_SIZE = 256
 
 
-@torch.inference_mode()
-def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """Logits of ``model`` on normalised inputs, computed in eval mode in batches; on x's device."""
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
-        if len(x) == 0:
-            return torch.empty(0, 10, device=x.device)
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        yield
     finally:
         model.train(was_training)
+
+
+@torch.inference_mode()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """Logits of ``model`` on normalised inputs, computed in eval mode in batches; on x's device."""
+    if len(x) == 0:
+        return torch.empty(0, 10, device=x.device)
+    with _eval_mode(model):
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.inference_mode()
 def features_and_logits(network: nn.Module, x: torch.Tensor, batch_size: int = BATCH_SIZE):
     """A ``features``-then-``classifier`` network's flattened features (N, F) and logits (N, 10) of normalised
     inputs, in one pass in eval mode (what a digit gate reads, :mod:`mnist_cnn.gate`)."""
-    was_training = network.training
-    network.eval()
-    try:
-        feats, logits = [], []
+    if len(x) == 0:
+        return torch.empty(0, 0, device=x.device), torch.empty(0, 10, device=x.device)
+    feats, logits = [], []
+    with _eval_mode(network):
         for i in range(0, len(x), batch_size):
             f = network.features(x[i : i + batch_size])
             feats.append(f.flatten(1))
             logits.append(network.classifier(f))
-        if not feats:
-            return torch.empty(0, 0, device=x.device), torch.empty(0, 10, device=x.device)
-        return torch.cat(feats), torch.cat(logits)
-    finally:
-        network.train(was_training)
+    return torch.cat(feats), torch.cat(logits)
 
 
 class BaseClassifier:
