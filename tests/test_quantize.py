@@ -31,7 +31,7 @@ def quantized(tmp_path_factory, mnist):
     return folder
 
 
-@pytest.mark.parametrize("name", ["basic", "best", "fast"])
+@pytest.mark.parametrize("name", ["basic", "best", "best-fullres", "fast"])
 def test_the_int8_rewrite_computes_the_same_logits(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -45,8 +45,8 @@ def test_the_int8_rewrite_computes_the_same_logits(name):
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), model(x), atol=1e-4, rtol=1e-4)
     kept = [m for m in rewritten.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    # Kept: the one with a negative scale, and best's conv -> batch norm -> ReLU (the exporter folds that one).
-    assert len(kept) == {"basic": 0, "best": 2, "fast": 1}[name]
+    # Kept: the one with a negative scale, and conv -> batch norm -> ReLU (the exporter folds those).
+    assert len(kept) == {"basic": 0, "best": 2, "best-fullres": 3, "fast": 1}[name]
     assert [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == norms  # the original is unchanged
 
 

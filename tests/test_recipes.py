@@ -65,6 +65,7 @@ def test_recipe_settings_and_sizes():
     assert best.model == "best" and best.ema > 0 and best.label_smoothing > 0 and best.augmentation.active
     assert count_parameters(create_model("fast")) == count_parameters(create_model("fast-valid")) == 29_434
     assert count_parameters(create_model("best")) == 141_930
+    assert count_parameters(create_model("best-fullres")) == 150_698
 
 
 def test_fast_valid_drops_only_the_stem_padding():

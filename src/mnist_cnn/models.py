@@ -218,3 +218,16 @@ class Best(_ConvNet):
             *_conv_pool_bn(2 * width, 4 * width),  # (B, 4w, 3, 3)
         )  # fmt: skip
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * width * 9, num_classes))
+
+
+@register("best-fullres")
+class BestFullRes(Best):
+    """``best`` with two 3x3 convolutions at 28x28 before the first pool, in place of one 5x5."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, dropout: float = 0.0):
+        super().__init__(in_channels, num_classes, width, dropout)
+        stem = [
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            *_conv_pool_bn(width, width),
+        ]  # fmt: skip
+        self.features = nn.Sequential(*stem, *list(self.features)[4:])
