@@ -100,7 +100,10 @@ def _assigned(digits, owner: np.ndarray) -> list[int]:
 def _oracle(clf, photo, owner: np.ndarray, length: int) -> list[int]:
     """Labels of the digits cut out with the true owner map: what the model reads when segmentation is perfect."""
     grey, record = decode_image(photo)
-    ink = ink_map(grey, record)
+    try:
+        ink = ink_map(grey, record)
+    except NoDigitError:  # read_digits finds nothing in it either: no digit read, the string is wrong
+        return []
     if owner.shape != ink.shape:
         owner = np.asarray(Image.fromarray(owner).resize(ink.shape[::-1], Image.Resampling.NEAREST))
     frames = []
