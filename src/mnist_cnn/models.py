@@ -2,7 +2,7 @@
 
 >>> from mnist_cnn import create_model, list_models
 >>> list_models()
-['basic', 'best', 'deep', 'dropout', 'fast', 'fast-valid', 'three-conv']
+['basic', 'best', 'best-fullres', 'deep', 'dropout', 'fast', 'fast-valid', 'three-conv']
 >>> model = create_model("basic")
 >>> sum(p.numel() for p in model.parameters())
 225034
