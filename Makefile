@@ -37,7 +37,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/mnist-cnn train --recipe $(RECIPE) $(ARGS)
 
 # The model that ships inside the package (src/mnist_cnn/pretrained/), from a finished run:
-# `make default-model RUN=runs/NAME`. Commit the three files it writes and paste the row it prints
+# `make default-model RUN=runs/NAME`. Commit the files it writes and paste the row it prints
 # into README.md's default-model table (tests/test_default_model.py checks both).
 default-model: install
 	@test -n "$(RUN)" || { echo "usage: make default-model RUN=runs/NAME (a finished training run)" >&2; exit 2; }

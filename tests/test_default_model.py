@@ -108,7 +108,7 @@ def test_serve_uses_the_default_model_when_no_run_is_named():
     proc.terminate()
     _, stderr = proc.communicate(timeout=30)
     described = default_model.describe(mnist_cnn.load_model().config)
-    assert f"serving the default model {described} (torch runtime" in stderr, stderr
+    assert f"serving the default model {described} (onnxruntime runtime)" in stderr, stderr  # it ships model.onnx
     assert f" on http://127.0.0.1:{port}/" in stderr, stderr
 
 
@@ -129,8 +129,10 @@ def small_run(tmp_path):
 def test_make_default_model_ships_what_inference_needs(small_run, mnist, mnist_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pretrained"
     config = default_model.make_default_model(small_run, mnist, out)
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md", "model.onnx"}
     assert json.loads((out / "config.json").read_text()) == config
+    assert config["onnx"]["verified"]["images"] == 10_000 and config["onnx"]["verified"]["labels_disagree"] == 0
+    assert "`model.onnx`, the same network and gate" in (out / "README.md").read_text()
     assert not [s for s in strings(config) if str(tmp_path) in s or ABSOLUTE_PATH.search(s)]  # no data folder
     assert config["data"]["sha256"] == {"t10k-images-idx3-ubyte": "0f"}
     made = config["default_model"]
@@ -154,6 +156,41 @@ def test_make_default_model_ships_what_inference_needs(small_run, mnist, mnist_d
     monkeypatch.setattr(default_model, "MAX_BYTES", 1000)
     with pytest.raises(MnistCnnError, match="must stay under 1,000"):
         default_model.make_default_model(small_run, mnist, tmp_path / "too-big")
+
+
+def test_the_default_model_ships_model_onnx_that_matches_its_weights():
+    folder = mnist_cnn.default_model_dir()
+    onnx_clf = mnist_cnn.load_model(runtime="onnxruntime")  # checks the file's and the weights' SHA-256 and the gate
+    assert onnx_clf.has_gate and read_config(folder)["onnx"]["verified"]["labels_disagree"] == 0
+
+
+def test_serve_picks_onnxruntime_only_where_the_folder_and_the_installation_have_it(small_run, monkeypatch):
+    from mnist_cnn import classifier
+    from mnist_cnn.cli.serve import default_runtime
+
+    assert default_runtime(mnist_cnn.default_model_dir()) == (None, "")  # the settings' default: onnxruntime
+    runtime, note = default_runtime(small_run)  # a run never exported
+    assert runtime == "torch" and "no model.onnx" in note
+
+    def missing():
+        raise MnistCnnError("the onnxruntime runtime needs the 'onnx' extra")
+
+    monkeypatch.setattr(classifier, "require_onnx", missing)
+    runtime, note = default_runtime(mnist_cnn.default_model_dir())
+    assert runtime == "torch" and "onnxruntime is not installed (pip install 'mnist-cnn[onnx]')" in note
+
+
+def test_without_the_onnx_extra_the_default_model_ships_without_model_onnx(small_run, mnist, tmp_path, monkeypatch):
+    from mnist_cnn import classifier
+
+    def missing():
+        raise MnistCnnError("the onnxruntime runtime needs the 'onnx' extra")
+
+    monkeypatch.setattr(classifier, "require_onnx", missing)
+    out = tmp_path / "pretrained"
+    config = default_model.make_default_model(small_run, mnist, out)
+    assert "onnx" not in config and not (out / "model.onnx").exists()
+    assert "none (the onnx extra was not installed)" in (out / "README.md").read_text()
 
 
 def test_training_commands_of_a_fine_tuned_run_start_with_its_base(small_run):

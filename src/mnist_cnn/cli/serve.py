@@ -41,7 +41,6 @@ def add_serve(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args) -> int:
     from ..default_model import describe
-    from ..export import ONNX_FILE
     from ..inference import default_model_dir, load_model, read_config
     from ..serve import check_port, run, settings_from
 
@@ -52,9 +51,8 @@ def cmd_serve(args) -> int:
         args.run = _resolve_run(args.run, args)
         what = args.run
     note = ""
-    if args.runtime is None and not (args.run / ONNX_FILE).is_file():
-        args.runtime = "torch"  # no model.onnx (yet): `mnist-cnn export RUN` makes one for onnxruntime
-        note = f": no {ONNX_FILE}; `mnist-cnn export` makes one for onnxruntime"
+    if args.runtime is None:
+        args.runtime, note = default_runtime(args.run)
     settings = settings_from(vars(args))
     load_model(args.run, runtime=settings.runtime)  # a clear error now rather than a server that never gets ready
     if not 0 < args.port < 65536:
@@ -64,3 +62,19 @@ def cmd_serve(args) -> int:
           "Ctrl-C stops", file=sys.stderr)  # fmt: skip
     run(args.run, settings, host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
     return 0
+
+
+def default_runtime(run: Path) -> tuple[str | None, str]:
+    """The runtime ``serve`` uses when none is asked for, and why: ONNX Runtime (None: the settings' default) where
+    the folder has ``model.onnx`` (the default model ships one) and onnxruntime is installed, else PyTorch."""
+    from ..classifier import require_onnx
+    from ..errors import MnistCnnError
+    from ..export import ONNX_FILE
+
+    if not (run / ONNX_FILE).is_file():
+        return "torch", f": no {ONNX_FILE}; `mnist-cnn export` makes one for onnxruntime"
+    try:
+        require_onnx()
+    except MnistCnnError:
+        return "torch", ": onnxruntime is not installed (pip install 'mnist-cnn[onnx]')"
+    return None, ""
