@@ -23,7 +23,7 @@ Choices, each measured on the full test set and timed (docs/benchmarks.md, bench
   their speed; it took half of ``basic``'s int8 time (ONNX Runtime's profiler) for 7% of its
   multiply-adds, twice its float32 time. In float32 it runs in ONNX Runtime's blocked layout with its
   max-pool, and the ReLU after the pool is folded into the quantisation of the pool's output: ``basic``
-  int8 went from 1.15x to about 2x float32, ``best`` from 2.1x to about 2.9x (2 cores, batches of 64).
+  int8 went from 1.15x to 1.9-2.1x float32, ``best`` from 2.1x to 2.6-2.8x (benchmarks/quantize.py, 2 cores).
 - Weights in 7 bits (``reduce_range``): without VNNI, x86 multiplies uint8 by int8 in pairs summed
   into 16 bits (AVX2's ``vpmaddubsw``), which saturates with full 8-bit weights; ``best`` then lost 0.16
   point of test accuracy against float32, and 0.01 point with 7 bits.
