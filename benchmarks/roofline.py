@@ -7,8 +7,8 @@ layer; pooling, batch norm and activations are extra), measures the throughput o
 product in float32 and bfloat16 with the same threads inference uses (the best case for the CPU's
 vector units: no memory traffic to speak of), and divides. The product is PyTorch's: where its
 library falls short of the processor (on an AMD EPYC guest with AVX-512, ONNX Runtime computed
-``basic`` at 1.8x the float32 figure), the result bounds PyTorch-like runtimes, not the machine. With ``--keras-images-per-second`` (the
-reference's ``model.predict`` throughput at batch 1,024, from keras_reference.py) it also prints
+``basic`` at 1.8x the float32 figure), the result bounds PyTorch-like runtimes, not the machine.
+With ``--keras-images-per-second`` (the reference's ``model.predict`` throughput at batch 1,024, from keras_reference.py) it also prints
 what 10x that figure would need. Prints JSON, then a Markdown table.
 """
 

@@ -56,7 +56,9 @@ def to_model_input(images, normalization: dict = MNIST_NORMALIZATION) -> torch.T
             raise ValueError(
                 f"float images must be in 0-1; got values from {lo:g} to {hi:g} (divide by 255, or pass uint8)"
             )
-    x = (x.astype(np.float32) - np.float32(normalization["mean"])) / np.float32(normalization["std"])
+    x = x.astype(np.float32, copy=False)  # already float32 unless empty
+    if normalization["mean"] != 0 or normalization["std"] != 1:  # ONNX graphs take the 0-1 pixels as they are
+        x = (x - np.float32(normalization["mean"])) / np.float32(normalization["std"])
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -277,8 +279,9 @@ class OnnxClassifier(BaseClassifier):
 
     A batch is cut into chunks of :attr:`default_batch_size` images, and ``threads`` threads (default:
     one per core) run the chunks side by side on one session, each chunk on one thread. On 2 cores that
-    is 1.3x (float32) to 2.2x (int8) the images per second of one large run with ONNX Runtime's own threads (intra-op, which
-    splits each layer), and small chunks keep a layer's activations in cache (docs/benchmarks.md).
+    is 1.3x (float32) to 2.2x (int8) the images per second of one large run with ONNX Runtime's own
+    threads (intra-op, which splits each layer), and small chunks keep a layer's activations in cache
+    (docs/benchmarks.md).
     """
 
     runtime = "onnxruntime"

@@ -9,8 +9,9 @@ In a checkout, make it from a finished training run and commit the files it writ
 It copies the run's weights (float32, as trained) and the part of its ``config.json`` that inference and
 provenance need — no path of the machine it ran on —, records the exact ``mnist-cnn train`` commands
 that reproduce the run, evaluates the copy on the 10,000 MNIST test images, exports ``model.onnx`` (with
-the ``onnx`` extra; ``serve``'s runtime) and writes a model card (``README.md``). ``python -m mnist_cnn.default_model`` with no RUN evaluates the installed default model
-and prints the row that README.md quotes.
+the ``onnx`` extra; ``serve``'s runtime) and writes a model card (``README.md``).
+``python -m mnist_cnn.default_model`` with no RUN evaluates the installed default model and prints the
+row that README.md quotes.
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ def make_default_model(run: str | os.PathLike, data, out: str | os.PathLike | No
 def _ship_onnx(folder: Path, data) -> bool:
     """Write ``model.onnx`` into the default model's folder, checked against PyTorch on the test images, so that
     ``mnist-cnn serve`` answers on ONNX Runtime out of the box (about 1.9x the JSON requests per second at
-    concurrency 1, 1.3-1.5x at 16, docs/serving.md);
-    without the ``onnx`` extra the model ships without it, and ``serve`` uses PyTorch. False when not written."""
+    concurrency 1, 1.3-1.5x at 16, docs/serving.md); without the ``onnx`` extra the model ships without it,
+    and ``serve`` uses PyTorch. False when not written."""
     from .classifier import require_onnx
     from .export import ONNX_FILE, export_onnx, verify_onnx
 
